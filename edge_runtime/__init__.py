@@ -1,0 +1,5 @@
+"""edgetl's device runtime: numpy + Pillow + a TFLite interpreter, never TensorFlow."""
+from .errors import UserError
+from .image import ImageError, load_image, open_image
+
+__all__ = ["UserError", "ImageError", "load_image", "open_image"]

@@ -1,0 +1,44 @@
+"""The split file lists (`RUN/split/{train,val,test}.tsv`) that tie every stage to the same images.
+
+Format: a first line `# root<TAB>/abs/data/root`, then one `relative/path<TAB>class` per image.
+The trainer writes them; the converter, `edgetl eval` and `edge-predict --eval` read them, so a
+device can check the very images the box verified.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def write_file_list(path: Path, root: Path, items: list[tuple[str, str]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# root\t{Path(root).resolve()}\n")
+        for rel, label in items:
+            f.write(f"{rel}\t{label}\n")
+    os.replace(tmp, path)
+
+
+def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str]]:
+    """Returns (absolute path, class name) pairs; ``root`` overrides the recorded data root
+    (e.g. on a device where the photos were copied elsewhere)."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    recorded = None
+    items = []
+    for n, line in enumerate(lines, 1):
+        if line.startswith("# root\t"):
+            recorded = Path(line.split("\t", 1)[1])
+            continue
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{n}: expected 'relative/path<TAB>class', got {line!r}")
+        items.append(parts)
+    base = Path(root) if root is not None else recorded
+    if base is None:
+        raise ValueError(f"{path}: no '# root' line; pass the data folder explicitly")
+    return [(base / rel, label) for rel, label in items]

@@ -1,0 +1,134 @@
+"""Decoding and resizing photos: the one definition shared by training, calibration and the device.
+
+Every stage (feature caching, fine-tuning, int8 calibration, verification, edge-predict) turns a
+file or a camera frame into model input through these functions, so the pixels a model is
+verified on are the pixels it sees on the device. Only numpy and Pillow are used.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from .errors import UserError
+
+# A truncated file must fail loudly rather than decode as grey padding.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Decompression-bomb guard: 100 megapixels is above any phone camera in common use; a file that
+# claims more is refused before its pixels are decoded.
+MAX_PIXELS = 100_000_000
+# The resize every stage records in its manifest; Pillow's bilinear filter (antialiased when
+# shrinking) is deterministic across platforms.
+RESIZE_METHOD = "bilinear"
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+class ImageError(UserError, ValueError):
+    """An image that cannot be used; the message names the file and what is wrong with it."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def is_image_file(path: Union[str, os.PathLike]) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def open_image(path: Union[str, os.PathLike], max_pixels: int = MAX_PIXELS,
+               draft_size: int | None = None) -> Image.Image:
+    """Open and fully decode an image file as 8-bit RGB, or raise ImageError saying why not.
+
+    Handles zero-byte, non-image, truncated and oversized files; EXIF orientation; and the modes
+    that real folders contain (grayscale, palette, RGBA, CMYK, 16-bit). ``draft_size`` lets JPEG
+    decoding scale down by 1/2, 1/4 or 1/8 in the DCT while staying at least that large.
+    """
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise ImageError(p, "empty file (0 bytes); delete it or replace it with the photo")
+    except FileNotFoundError:
+        raise ImageError(p, "no such file") from None
+    try:
+        img = Image.open(p)
+    except UnidentifiedImageError:
+        raise ImageError(p, "not an image (unrecognised format); remove it from the data folder") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(p, f"refused, too many pixels (decompression-bomb guard): {e}") from None
+    except OSError as e:
+        raise ImageError(p, f"cannot be opened: {e}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ImageError(p, f"refused, {w}x{h} pixels is over the {max_pixels:,}-pixel limit "
+                            "(decompression-bomb guard); downscale the file")
+    try:
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        return to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for broken data
+        raise ImageError(p, f"truncated or corrupt image data ({e}); re-export or remove it") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image -> upright 8-bit RGB. Transparent pixels are composited on white."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a malformed EXIF block must not cost the photo
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if (mode.startswith("I;16") or a.max(initial=0) > 255) else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(a, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def resize(img: Image.Image, size: int | tuple[int, int], method: str = RESIZE_METHOD) -> np.ndarray:
+    """RGB image -> uint8 array (H, W, 3) at the model's input size (whole frame, no crop)."""
+    w, h = (size, size) if isinstance(size, int) else size
+    if img.size != (w, h):
+        img = img.resize((w, h), _FILTERS[method])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(image: ImageInput, size: int | tuple[int, int], method: str = RESIZE_METHOD,
+               draft: bool = False) -> np.ndarray:
+    """A path, PIL image or HxWx3 uint8 RGB frame -> model-sized uint8 RGB array."""
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ImageError("<frame>", f"expected an HxWx3 RGB array, got shape {image.shape}")
+        return resize(Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8, copy=False)),
+                      size, method)
+    if isinstance(image, Image.Image):
+        return resize(to_rgb(image), size, method)
+    target = size if isinstance(size, int) else max(size)
+    return resize(open_image(image, draft_size=target if draft else None), size, method)
+
+
+def encode_jpeg(array: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

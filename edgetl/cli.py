@@ -1,0 +1,226 @@
+"""The `edgetl` command: a thin click layer over the Python API (parse, call, print).
+
+Implementations are imported inside each command so `edgetl --help` and the data commands start
+without loading TensorFlow.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from edge_runtime.errors import UserError
+
+
+def friendly(fn):
+    """Turn UserError into one line on stderr and exit status 2 (no traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _progress(label):
+    """A one-line counter on an interactive terminal; silent in logs and pipes."""
+    if not sys.stderr.isatty():
+        return None
+
+    def cb(done, total):
+        click.echo(f"\r{label}: {done}/{total}", nl=done == total, err=True)
+    return cb
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgetl")
+def cli():
+    """edgetl: folder of labelled photos -> fast, small classifier for the edge.
+
+    \b
+    Typical flow:
+      edgetl data inspect DATA          what is in the folder (bad files, duplicates)
+      edgetl train DATA --out RUN       transfer learning on an ImageNet backbone
+      edgetl convert RUN --int8         .tflite + labels + manifest, verified
+      edge-predict RUN/deploy photo.jpg on the device (no TensorFlow)
+      edgetl demo                       all of it on a synthetic dataset, offline
+    """
+
+
+@cli.group()
+def data():
+    """Look at, generate and split datasets."""
+
+
+@data.command("inspect")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--max-distance", default=6, show_default=True,
+              help="dhash bits (of 256) within which two photos count as near-duplicates.")
+@friendly
+def data_inspect(source, as_json, max_distance):
+    """Per-class counts, imbalance, bad files, near-duplicate groups and image sizes of SOURCE
+    (a folder-per-class or pre-split folder, or tfds:<name>)."""
+    from trainer.data import load_dataset
+    from trainer.data.inspect import format_report, inspect_dataset
+
+    ds = load_dataset(source, progress=None if as_json else _progress("checking images"))
+    rep = inspect_dataset(ds, max_distance=max_distance)
+    click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--per-class", default=60, show_default=True, help="Images per class.")
+@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@friendly
+def data_synth(out, per_class, size, seed):
+    """Write the synthetic fabric-texture dataset (dotted / striped / leopard) to OUT."""
+    from trainer.data.synthetic import CLASSES, generate
+
+    generate(out, per_class=per_class, size=size, seed=seed)
+    click.echo(f"wrote {per_class * len(CLASSES)} images in {len(CLASSES)} classes to {out}")
+
+
+@data.command("split")
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the file lists.")
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--seed", default=0, show_default=True)
+@friendly
+def data_split(source, out, fractions, seed):
+    """Stratified, duplicate-aware train/val/test split of SOURCE, saved as file lists in OUT."""
+    from trainer.data import load_dataset, make_split
+
+    ds = load_dataset(source, progress=_progress("checking images"))
+    sp = make_split(ds, fractions=_fractions(fractions), seed=seed)
+    sp.save(out)
+    c = sp.counts()
+    click.echo(" ".join(f"{s} {sum(c[s].values())}" for s in ("train", "val", "test")) + f" -> {out}")
+    for n in sp.notes:
+        click.echo(f"note: {n}")
+
+
+@cli.command()
+@click.argument("data", required=False)
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--backbone", default="mobilenet_v2", show_default=True,
+              help="Registry name (edgetl backbones lists them) or hub:<handle-or-dir>.")
+@click.option("--alpha", type=float, help="Width multiplier (MobileNets); default: the backbone's.")
+@click.option("--size", type=int, help="Input side in pixels; default: the backbone's native size.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a weights file.")
+@click.option("--head", type=click.Choice(["softmax", "linear-svm"]), default="softmax", show_default=True)
+@click.option("--epochs", default=60, show_default=True, help="Max head epochs on cached features.")
+@click.option("--fine-tune", is_flag=True, help="Phase 2: unfreeze the top blocks and train on images.")
+@click.option("--fine-tune-blocks", default=6, show_default=True)
+@click.option("--fine-tune-epochs", default=8, show_default=True)
+@click.option("--fine-tune-lr", default=1e-4, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Head learning rate.")
+@click.option("--dropout", default=0.2, show_default=True)
+@click.option("--l2", default=1e-4, show_default=True)
+@click.option("--label-smoothing", default=0.1, show_default=True)
+@click.option("--class-weights", type=click.Choice(["auto", "balanced", "none"]), default="auto", show_default=True)
+@click.option("--no-augment", is_flag=True, help="Fine-tune without augmentation.")
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test split.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default="auto",
+              show_default=True, help="tf.distribute strategy (auto: mirrored on >1 GPU).")
+@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="auto: on GPU only.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
+@friendly
+def train(data, out, backbone, alpha, size, weights, head, epochs, fine_tune, fine_tune_blocks,
+          fine_tune_epochs, fine_tune_lr, batch_size, lr, dropout, l2, label_smoothing, class_weights,
+          no_augment, fractions, seed, strategy, mixed_precision, resume_dir):
+    """Train a classifier on DATA (folder-per-class, pre-split folder or tfds:<name>) into --out."""
+    from trainer.config import TrainConfig
+    from trainer.train import train as run_training
+
+    if resume_dir:
+        run_training(TrainConfig(data="", out=resume_dir), resume=True)
+        return
+    if not data or not out:
+        raise click.UsageError("DATA and --out are required (or --resume RUN_DIR)")
+    cfg = TrainConfig(data=data, out=out, backbone=backbone, alpha=alpha, size=size, weights=weights,
+                      head=head, epochs=epochs, fine_tune=fine_tune, fine_tune_blocks=fine_tune_blocks,
+                      fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr, batch_size=batch_size,
+                      lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
+                      class_weights=class_weights, augment=not no_augment, fractions=_fractions(fractions),
+                      seed=seed, strategy=strategy, mixed_precision=mixed_precision)
+    run_training(cfg)
+
+
+@cli.command("eval")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--data", help="Evaluate on this folder instead of the run's held-out test split.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@friendly
+def eval_cmd(run, data, as_json):
+    """Accuracy, class-averaged accuracy, per-class precision/recall/F1, AUC and misclassified files."""
+    from trainer.evaluate import evaluate_run
+
+    m = evaluate_run(run, data=data)
+    rep = m["test" if data is None else f"data:{data}"]
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"accuracy {rep['accuracy']:.4f}  class-averaged {rep['class_avg_accuracy']:.4f}  "
+               f"macro F1 {rep['macro_f1']:.4f}  macro AUC {rep['macro_auc'] or float('nan'):.4f}  (n={rep['n']})")
+    click.echo(f"{'class':<16}{'acc':>7}{'prec':>7}{'rec':>7}{'f1':>7}{'auc':>7}{'n':>6}")
+    for c, r in rep["per_class"].items():
+        a = f"{r['auc']:.3f}" if r["auc"] is not None else "  -"
+        click.echo(f"{c:<16}{r['accuracy']:7.3f}{r['precision']:7.3f}{r['recall']:7.3f}{r['f1']:7.3f}{a:>7}{r['support']:6d}")
+    click.echo(f"misclassified: {len(rep['misclassified'])} (listed in {run}/metrics.json); plots in {run}/plots/")
+
+
+@cli.command()
+@click.option("--out", default="edgetl-demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--per-class", default=60, show_default=True, help="Synthetic images per class.")
+@click.option("--backbone", default="mobilenet_v2", show_default=True)
+@click.option("--alpha", default=0.35, show_default=True, type=float)
+@click.option("--size", default=96, show_default=True, type=int)
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (falls back to random init offline) | none | PATH.")
+@click.option("--fine-tune", is_flag=True)
+@friendly
+def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
+    """Run the whole pipeline on the built-in synthetic dataset (offline, a few minutes on a CPU)."""
+    from edgetl.demo import run_demo
+
+    run_demo(out, per_class=per_class, backbone=backbone, alpha=alpha, size=size, weights=weights,
+             fine_tune=fine_tune)
+
+
+@cli.command("backbones")
+def backbones_cmd():
+    """List the backbone registry."""
+    from trainer.backbones import REGISTRY, names
+
+    for n in names():
+        b = REGISTRY[n]
+        click.echo(f"{n:<20} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} {b.weights_source}")
+    click.echo("hub:<handle-or-SavedModel-dir>  TF Hub image feature vector (frozen)")
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three numbers like 0.8,0.1,0.1, got {text!r}")
+    return parts
+
+
+def main():
+    cli()
+
+
+if __name__ == "__main__":
+    main()

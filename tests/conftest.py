@@ -1,0 +1,63 @@
+"""Shared fixtures. Real assets come from ../shared/assets (never copied into the repo)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+FLOWERS = ASSETS / "data" / "flowers5_kaggle227"
+CATS_DOGS = ASSETS / "data" / "cats_and_dogs_filtered"
+SAMPLES = ASSETS / "samples"
+WEIGHTS = ASSETS / "weights"
+
+if not ASSETS.is_dir():
+    raise RuntimeError(f"{ASSETS} is missing: the tests read real photos and weights from ../shared/assets")
+
+# Tests never wait on the network: TF Hub / TFDS / Keras downloads must fail fast and clearly.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    """Run a console entry point (`edgetl ...` / `edge-predict ...`) as a user would."""
+    prog, *rest = args
+    module = {"edgetl": "edgetl.cli", "edge-predict": "edge_runtime.cli"}[prog]
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", module, *map(str, rest)], capture_output=True,
+                          text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """The project's synthetic texture dataset: 3 classes x 30 photos, 96 px (fast fixture)."""
+    from trainer.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "textures", per_class=30, size=96, seed=1)
+
+
+def copy_subset(src: Path, dst: Path, per_class: int) -> Path:
+    """A small real-photo dataset: the first ``per_class`` files of each class folder."""
+    import shutil
+
+    for cdir in sorted(p for p in src.iterdir() if p.is_dir()):
+        (dst / cdir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cdir.iterdir())[:per_class]:
+            shutil.copy2(f, dst / cdir.name / f.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def edge_venv(tmp_path_factory) -> Path:
+    """A fresh virtual environment with only `pip install .[edge]`: what a device gets."""
+    venv = tmp_path_factory.mktemp("edge") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-c", str(ROOT / "constraints.txt"), f"{ROOT}[edge]"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return venv

@@ -1,0 +1,199 @@
+"""Trainer: registry, weights, baked preprocessing, both phases, run directory, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, WEIGHTS, run_cli
+from trainer import rundir as R
+
+W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
+W100 = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
+SMALL = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--size", "96", "--weights", W035]
+
+
+@pytest.fixture(scope="module")
+def run(synth_data, tmp_path_factory):
+    """One small real run: MobileNetV2 0.35@96 with real ImageNet weights, head + 2 fine-tune epochs."""
+    out = tmp_path_factory.mktemp("runs") / "tex"
+    r = run_cli("edgetl", "train", synth_data, "--out", out, *SMALL, "--fine-tune",
+                "--fine-tune-epochs", "2", "--fine-tune-blocks", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_registry_has_the_promised_backbones():
+    from trainer.backbones import names
+    got = set(names())
+    assert {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
+            "efficientnet_b2", "efficientnet_b3", "efficientnetv2_b0"} <= got
+
+
+def test_unknown_backbone_is_refused_by_name():
+    from trainer.backbones import BackboneError, get_backbone
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet9000'.*mobilenet_v2"):
+        get_backbone("resnet9000")
+
+
+def test_offline_imagenet_names_the_keras_cache_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    code = ("from trainer.backbones import get_backbone\n"
+            "get_backbone('mobilenet_v2').build_base(128, 0.35, 'imagenet')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, KERAS_HOME=str(tmp_path)))
+    assert r.returncode != 0
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_128_no_top.h5" in r.stderr
+    assert "--weights PATH" in r.stderr
+
+
+@pytest.mark.parametrize("size", [96, 160, 224])
+def test_local_imagenet_file_loads_at_any_size(size):
+    import h5py
+    from trainer.backbones import get_backbone
+    base = get_backbone("mobilenet_v2").build_base(size, 0.35, str(W035))
+    with h5py.File(W035) as f:
+        saved = np.asarray(f["Conv1"]["Conv1"]["kernel:0"] if "Conv1" in f["Conv1"] else f["Conv1"]["kernel:0"])
+    assert np.array_equal(base.get_layer("Conv1").get_weights()[0], saved)
+
+
+def test_preprocessing_is_baked_in(run):
+    import keras
+    model = keras.saving.load_model(run / R.MODEL, compile=False)
+    x = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3)).astype(np.float32)
+    base = model.get_layer("features") if "features" in [l.name for l in model.layers] else None
+    inner = next(l for l in model.layers if l.name.startswith("mobilenetv2"))
+    feats = inner(x / 127.5 - 1.0, training=False)
+    head = model.get_layer("head")
+    expected = keras.ops.softmax(head(feats, training=False)).numpy()
+    assert np.allclose(model(x, training=False).numpy(), expected, atol=1e-5)
+    assert base is None  # the exported graph is one model: image -> probabilities
+
+
+def test_run_directory_holds_everything(run):
+    for name in (R.CONFIG, R.LABELS, R.HISTORY, R.METRICS, R.MODEL, "split/train.tsv", "split/val.tsv",
+                 "split/test.tsv", "plots/history.png", "plots/confusion_matrix.png", "plots/roc.png",
+                 "plots/predictions.png"):
+        assert (run / name).exists(), name
+    assert (run / R.LABELS).read_text().split() == ["dotted", "leopard", "striped"]
+    hist = R.read_json(run / R.HISTORY)
+    assert hist["head"]["loss"] and len(hist["fine_tune"]["loss"]) == 2
+    cfg = R.read_json(run / R.CONFIG)
+    assert cfg["input"] == {"size": 96, "range": [0, 255], "color": "RGB", "resize": "bilinear"}
+
+
+def test_transfer_beats_chance_by_far_on_textures(run):
+    m = R.read_json(run / R.METRICS)["test"]
+    assert m["accuracy"] >= 0.85 and m["n"] == 9
+    assert set(m) >= {"accuracy", "class_avg_accuracy", "per_class", "confusion_matrix", "macro_auc", "misclassified"}
+
+
+def test_eval_command_prints_per_class_table(run):
+    r = run_cli("edgetl", "eval", run)
+    assert r.returncode == 0, r.stderr
+    assert "class-averaged" in r.stdout and "leopard" in r.stdout
+
+
+def test_linear_svm_head_converts_like_any_model(synth_data, tmp_path):
+    out = tmp_path / "svm"
+    r = run_cli("edgetl", "train", synth_data, "--out", out, *SMALL, "--head", "linear-svm")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import keras
+    model = keras.saving.load_model(out / R.MODEL, compile=False)
+    assert model.layers[-1].name == "probabilities"
+    assert model.get_layer("head").get_layer("logits").__class__.__name__ == "Dense"
+    assert R.read_json(out / R.METRICS)["test"]["accuracy"] >= 0.8
+
+
+def test_same_seed_reproduces_the_head(synth_data, tmp_path):
+    for name in ("a", "b"):
+        r = run_cli("edgetl", "train", synth_data, "--out", tmp_path / name, *SMALL, "--epochs", "5")
+        assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (R.read_json(tmp_path / n / R.HISTORY)["head"]["loss"] for n in ("a", "b"))
+    assert a == b
+
+
+def _one_line_error(r):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_bad_input_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    msg = _one_line_error(run_cli("edgetl", "train", tmp_path / "empty", "--out", tmp_path / "r", *SMALL))
+    assert "no class folders" in msg and not (tmp_path / "r").exists()
+
+
+def test_bad_input_single_class(tmp_path):
+    from trainer.data.synthetic import generate
+    d = generate(tmp_path / "d", per_class=5, size=32, classes=("dotted",))
+    msg = _one_line_error(run_cli("edgetl", "train", d, "--out", tmp_path / "r", *SMALL))
+    assert "only one class" in msg and not (tmp_path / "r").exists()
+
+
+def test_bad_input_class_with_one_image(tmp_path):
+    from trainer.data.synthetic import generate
+    d = generate(tmp_path / "d", per_class=5, size=32, classes=("dotted", "striped"))
+    for f in sorted((d / "striped").iterdir())[1:]:
+        f.unlink()
+    msg = _one_line_error(run_cli("edgetl", "train", d, "--out", tmp_path / "r", *SMALL))
+    assert "'striped' has 1 usable image" in msg and not (tmp_path / "r").exists()
+
+
+def test_bad_input_unknown_backbone(synth_data, tmp_path):
+    msg = _one_line_error(run_cli("edgetl", "train", synth_data, "--out", tmp_path / "r", "--backbone", "vgg99"))
+    assert "unknown backbone 'vgg99'" in msg and not (tmp_path / "r").exists()
+
+
+def test_bad_input_weights_of_the_wrong_architecture(synth_data, tmp_path):
+    msg = _one_line_error(run_cli("edgetl", "train", synth_data, "--out", tmp_path / "r", "--backbone",
+                                  "mobilenet_v2", "--alpha", "1.0", "--size", "96", "--weights", W035))
+    assert str(W035) in msg and "does not fit backbone mobilenet_v2" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_existing_run_is_not_overwritten(run, synth_data):
+    msg = _one_line_error(run_cli("edgetl", "train", synth_data, "--out", run, *SMALL))
+    assert "--resume" in msg
+
+
+def test_resume_finishes_a_killed_run(synth_data, tmp_path):
+    out = tmp_path / "killed"
+    args = ["-m", "edgetl.cli", "train", str(synth_data), "--out", str(out), *map(str, SMALL), "--fine-tune",
+            "--fine-tune-epochs", "4", "--fine-tune-blocks", "2"]
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / R.CHECKPOINTS / "finetune_state.json"
+    deadline = time.time() + 400
+    while time.time() < deadline and p.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, "training ended before it could be killed"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert R.read_json(out / R.STATE)["phase"] != "done"
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 1 <= killed_at < 4
+    r = run_cli("edgetl", "train", "--resume", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming fine-tuning after epoch {killed_at}" in r.stderr
+    assert R.read_json(out / R.STATE)["phase"] == "done"
+    hist = R.read_json(out / R.HISTORY)["fine_tune"]
+    assert len(hist["loss"]) == 4  # the epochs an uninterrupted run does, each once
+    assert R.read_json(out / R.METRICS)["test"]["accuracy"] >= 0.85
+
+
+def test_mirrored_strategy_on_two_logical_cpus(synth_data, tmp_path):
+    out = tmp_path / "mirrored"
+    r = run_cli("edgetl", "train", synth_data, "--out", out, *SMALL, "--strategy", "mirrored", "--fine-tune",
+                "--fine-tune-epochs", "1", "--fine-tune-blocks", "1", env={"EDGETL_LOGICAL_CPUS": "2"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    hw = R.read_json(out / R.CONFIG)["hardware"]
+    assert hw["strategy"] == "mirrored" and hw["replicas"] == 2 and hw["mixed_precision"] is False
+    assert R.read_json(out / R.METRICS)["test"]["accuracy"] >= 0.8

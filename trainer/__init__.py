@@ -1,0 +1,1 @@
+"""edgetl's training side: the dataset layer, the backbone registry and transfer learning."""

@@ -1,0 +1,63 @@
+"""Near-duplicate groups from perceptual hashes (the Azure seed's dhash de-duplication).
+
+Two photos are near-duplicates when their 256-bit dhashes differ in at most ``max_distance`` bits.
+Groups are the connected components of that relation. A group inside one class is redundancy; a
+group across classes is an ambiguous label; a group across splits is leakage that inflates test
+accuracy, which is why the split keeps each group on one side.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_MAX_DISTANCE = 6  # of 256 bits; re-encodes and small resizes stay well inside this
+
+
+@dataclass
+class DuplicateGroup:
+    members: list[int]  # indices into the records list
+
+    def kinds(self, records) -> list[str]:
+        labels = {records[i].label for i in self.members}
+        splits = {records[i].given_split for i in self.members}
+        out = ["within-class" if len(labels) == 1 else "cross-class"]
+        if len(splits) > 1:
+            out.append("cross-split")
+        return out
+
+
+def _popcount_rows(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x, axis=-1).sum(axis=-1, dtype=np.int32) if not hasattr(np, "bitwise_count") \
+        else np.bitwise_count(x).sum(axis=-1, dtype=np.int32)
+
+
+def find_groups(hashes: list[np.ndarray], max_distance: int = DEFAULT_MAX_DISTANCE,
+                chunk: int = 256) -> list[DuplicateGroup]:
+    """Connected components (size >= 2) of the 'within max_distance bits' relation."""
+    n = len(hashes)
+    if n < 2:
+        return []
+    h = np.stack(hashes).astype(np.uint8)  # (n, 32)
+    parent = np.arange(n)
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, n, chunk):
+        block = h[start:start + chunk]
+        # distances from this block to every later row (upper triangle only)
+        d = _popcount_rows(block[:, None, :] ^ h[None, start:, :])
+        ii, jj = np.nonzero(d <= max_distance)
+        for a, b in zip(ii + start, jj + start):
+            if a < b:
+                ra, rb = find(a), find(b)
+                if ra != rb:
+                    parent[rb] = ra
+    comps: dict[int, list[int]] = {}
+    for i in range(n):
+        comps.setdefault(find(i), []).append(i)
+    return [DuplicateGroup(sorted(m)) for m in comps.values() if len(m) > 1]

@@ -1,0 +1,68 @@
+"""`edgetl eval`: accuracy, class-averaged accuracy, per-class precision/recall/F1, AUC, the
+misclassified files, and the plots, on the run's held-out test split or any folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import UserError
+
+from . import rundir as R
+from .data.pipeline import image_dataset, load_arrays
+from .data.split import Split
+from .metrics import classification_report
+from .plots import plot_confusion, plot_prediction_grid, plot_roc
+
+
+def load_run_model(run: Path):
+    import keras
+
+    p = Path(run) / R.MODEL
+    if not Path(run).is_dir():
+        raise UserError(f"{run}: no such run directory")
+    if not p.exists():
+        raise UserError(f"{p}: no trained model in this run; train first (edgetl train DATA --out {run})")
+    try:
+        return keras.saving.load_model(p, compile=False)
+    except Exception as e:
+        raise UserError(f"{p}: cannot be loaded as a Keras model ({str(e).splitlines()[0][:120]}); "
+                        "re-run training") from None
+
+
+def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(paths, labels, classes) of the run's test split, or of every image in ``data``."""
+    run = Path(run)
+    classes = R.read_labels(run)
+    if data is None:
+        sp = Split.load(run / R.SPLIT)
+        paths, y = sp.paths_labels("test")
+        return paths, y, classes
+    from .data import load_dataset
+    ds = load_dataset(data, hashes=False)
+    unknown = sorted(set(ds.classes) - set(classes))
+    if unknown:
+        raise UserError(f"{data}: class folder(s) {unknown} are not among the model's classes {classes}")
+    index = {c: i for i, c in enumerate(classes)}
+    return [str(ds.path(r)) for r in ds.images], np.array([index[r.label] for r in ds.images]), classes
+
+
+def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
+                 plots: bool = True, batch_size: int = 32) -> dict:
+    run = Path(run)
+    model = model or load_run_model(run)
+    size = int(model.inputs[0].shape[1])
+    paths, y, classes = eval_items(run, data)
+    probs = model.predict(image_dataset(paths, size=size, batch_size=batch_size), verbose=0)
+    report = classification_report(y, probs, classes, files=paths)
+    metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
+    key = split_name if data is None else f"data:{data}"
+    metrics[key] = report
+    R.write_json(run / R.METRICS, metrics)
+    if plots:
+        d = run / R.PLOTS
+        plot_confusion(report["confusion_matrix"], classes, d / "confusion_matrix.png")
+        plot_roc(y, probs, classes, d / "roc.png")
+        k = min(30, len(paths))
+        plot_prediction_grid(load_arrays(paths[:k], size), y[:k], probs[:k], classes, d / "predictions.png")
+    return metrics

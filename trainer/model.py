@@ -1,0 +1,87 @@
+"""Classifier = baked-in preprocessing + backbone + (dropout, dense) head + softmax.
+
+The model takes RGB 0..255 (float32) at its input size and returns class probabilities, so the
+converter and the device only resize. The same head layers are trained on cached features and
+then sit on the backbone, so there is no weight copying between the two phases.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .backbones import Backbone, preprocessing_layer
+
+
+@dataclass
+class Parts:
+    model: object          # image -> probabilities
+    features: object       # image -> pooled features
+    head: object           # features -> logits
+    base: object           # the backbone itself (for fine-tuning)
+    feature_width: int
+
+
+def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: int,
+          dropout: float = 0.2, l2: float = 1e-4) -> Parts:
+    import keras
+
+    base = spec.build_base(size, alpha, weights)
+    pretrained = weights != "none"
+    if not pretrained:
+        # Keras' default BatchNorm momentum (0.99-0.999) leaves inference at chance after a
+        # short run from random init (STACK.md); 0.9 lets the statistics catch up.
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 0.9
+    base.trainable = False
+    inp = keras.Input((size, size, 3), name="image")
+    pre = preprocessing_layer(spec.preprocessing)
+    x = pre(inp) if pre is not None else inp
+    # Pretrained BatchNorm stays in inference mode, also when fine-tuning unfreezes it.
+    feats = base(x, training=False) if pretrained else base(x)
+    width = int(feats.shape[-1])
+    features = keras.Model(inp, feats, name="features")
+    head = keras.Sequential([
+        keras.Input((width,)),
+        keras.layers.Dropout(dropout, name="head_dropout"),
+        keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
+                           name="logits"),
+    ], name="head")
+    probs = keras.layers.Softmax(name="probabilities", dtype="float32")(head(feats))
+    model = keras.Model(inp, probs, name=f"edgetl_{spec.name.replace(':', '_').replace('/', '_')}")
+    return Parts(model=model, features=features, head=head, base=base, feature_width=width)
+
+
+_BLOCK = re.compile(r"^(block_?\d+[a-z]?|expanded_conv(?:_\d+)?|stage\d+_block\d+|blocks?_\d+_\d+)")
+
+
+def block_ids(base) -> list[str | None]:
+    """Per layer of ``base``: the block it belongs to (None for stem/top layers)."""
+    out = []
+    for layer in base.layers:
+        m = _BLOCK.match(layer.name)
+        out.append(m.group(1) if m else None)
+    return out
+
+
+def unfreeze_top(base, n_blocks: int) -> int:
+    """Make the last ``n_blocks`` blocks and every layer after them trainable; returns the count
+    of trainable layers. BatchNorm layers stay frozen (their statistics belong to ImageNet)."""
+    import keras
+
+    ids = block_ids(base)
+    order = []
+    for b in ids:
+        if b is not None and b not in order:
+            order.append(b)
+    keep = set(order[-n_blocks:]) if n_blocks > 0 else set()
+    first = next((i for i, b in enumerate(ids) if b in keep), len(ids)) if keep else len(ids)
+    if not order:  # unknown naming: fall back to the last 20 % of layers
+        first = int(len(ids) * 0.8)
+    base.trainable = True
+    count = 0
+    for i, layer in enumerate(base.layers):
+        train = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        count += bool(train and layer.weights)
+    return count

@@ -1,0 +1,66 @@
+"""The run directory: the contract between training, evaluation, conversion and benchmarks.
+
+    RUN/config.json       TrainConfig as trained (plus the resolved backbone facts)
+    RUN/labels.txt        class names, one per line, in output order
+    RUN/split/            train/val/test file lists (+ split.json)
+    RUN/history.json      per-epoch metrics of each phase
+    RUN/metrics.json      {"test": {...}, "val": {...}} from `edgetl eval`
+    RUN/model.keras       the trained model: RGB 0..255 in, class probabilities out
+    RUN/plots/            curves, confusion matrix, ROC, prediction grid
+    RUN/cache/            cached backbone features (safe to delete)
+    RUN/checkpoints/      per-epoch state for --resume
+    RUN/state.json        which phase finished last
+    RUN/deploy/           the converter's artifacts and manifest
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CONFIG = "config.json"
+LABELS = "labels.txt"
+SPLIT = "split"
+HISTORY = "history.json"
+METRICS = "metrics.json"
+MODEL = "model.keras"
+PLOTS = "plots"
+CACHE = "cache"
+CHECKPOINTS = "checkpoints"
+STATE = "state.json"
+DEPLOY = "deploy"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file + rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_default))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_labels(run: Path) -> list[str]:
+    return [l for l in (Path(run) / LABELS).read_text().splitlines() if l]
+
+
+def _default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))

@@ -1,0 +1,337 @@
+"""`edgetl train`: transfer learning in two phases, leaving a complete run directory.
+
+Phase 1 (always): the frozen backbone's pooled features are computed once per split and cached;
+the head (dropout + dense, or a linear SVM) trains on the cache in milliseconds per epoch.
+Phase 2 (--fine-tune): the top blocks are unfrozen (BatchNorm stays in inference mode) and the
+whole model trains on augmented images with warm-up + cosine decay and early stopping.
+Every phase leaves state on disk, so `--resume` continues a killed run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import UserError
+from edge_runtime.image import RESIZE_METHOD
+
+from . import rundir as R
+from .backbones import get_backbone
+from .config import TrainConfig
+from .data import load_dataset, make_split
+from .data.pipeline import augmenter, image_dataset
+from .data.split import Split
+
+
+def _log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _verbose():
+    return 1 if sys.stderr.isatty() else 2
+
+
+def resolve(cfg: TrainConfig):
+    """Fill in backbone defaults (size, alpha) and validate them."""
+    spec = get_backbone(cfg.backbone)
+    if cfg.alpha is None:
+        cfg.alpha = spec.default_alpha
+    if cfg.size is None:
+        cfg.size = spec.default_size
+    spec.check(cfg.size, cfg.alpha)
+    if cfg.head not in ("softmax", "linear-svm"):
+        raise UserError(f"unknown --head {cfg.head!r}; use softmax or linear-svm")
+    return spec
+
+
+def _state(run: Path) -> dict:
+    p = run / R.STATE
+    return R.read_json(p) if p.exists() else {"phase": None}
+
+
+def _set_state(run: Path, **kw):
+    s = _state(run)
+    s.update(kw)
+    R.write_json(run / R.STATE, s)
+
+
+def class_weights(y: np.ndarray, n: int, mode: str) -> dict | None:
+    counts = np.bincount(y, minlength=n).astype(np.float64)
+    ratio = counts.max() / max(counts.min(), 1)
+    if mode == "none" or (mode == "auto" and ratio < 1.5):
+        return None
+    w = counts.sum() / (n * np.maximum(counts, 1))
+    return {i: float(w[i]) for i in range(n)}
+
+
+# ------------------------------------------------------------------------- features
+def _cache_key(cfg: TrainConfig, paths: list[str]) -> str:
+    h = hashlib.sha256(json.dumps([cfg.backbone, cfg.alpha, cfg.size, cfg.weights, RESIZE_METHOD]).encode())
+    for p in paths:
+        h.update(p.encode())
+    return h.hexdigest()[:16]
+
+
+def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str) -> np.ndarray:
+    """Backbone features of one split, computed once and kept in RUN/cache."""
+    paths, _ = split.paths_labels(name)
+    key = _cache_key(cfg, paths)
+    f = run / R.CACHE / f"features_{name}_{key}.npy"
+    if f.exists():
+        return np.load(f)
+    t = time.time()
+    ds = image_dataset(paths, size=cfg.size, batch_size=cfg.batch_size)
+    feats = parts.features.predict(ds, verbose=0 if not paths else _verbose()).astype(np.float32)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.name + ".tmp.npy")
+    np.save(tmp, feats)
+    os.replace(tmp, f)
+    _log(f"features[{name}]: {len(paths)} images in {time.time() - t:.1f}s "
+         f"({len(paths) / max(time.time() - t, 1e-9):.0f} img/s)")
+    return feats
+
+
+# ------------------------------------------------------------------------- phase 1
+class BestWeights:
+    """Track the best epoch by validation accuracy (ties: lower val loss) and restore it."""
+
+    def __init__(self, model):
+        self.model, self.best, self.weights, self.epoch = model, (-1.0, np.inf), None, -1
+
+    def update(self, epoch, logs):
+        score = (logs.get("val_accuracy", 0.0), logs.get("val_loss", 0.0))
+        if score[0] > self.best[0] or (score[0] == self.best[0] and score[1] < self.best[1]):
+            self.best, self.weights, self.epoch = score, self.model.get_weights(), epoch
+
+    def restore(self):
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, strategy) -> dict:
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)
+    with strategy.scope():
+        hm = keras.Sequential([keras.Input((parts.feature_width,)), parts.head], name="head_on_features")
+        if cfg.head == "linear-svm":
+            loss = keras.losses.SquaredHinge()   # one-vs-rest linear SVM in the primal
+        else:
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+        hm.compile(keras.optimizers.Adam(cfg.lr), loss, metrics=["accuracy"], jit_compile=False)
+    onehot = {k: np.eye(n, dtype=np.float32)[v] for k, v in Y.items()}
+    if cfg.head == "linear-svm":
+        onehot = {k: 2 * v - 1 for k, v in onehot.items()}
+    best = BestWeights(hm)
+    early = keras.callbacks.LambdaCallback(on_epoch_end=best.update)
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
+    h = hm.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
+               epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
+               class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=[early, stop])
+    best.restore()
+    if cfg.head == "linear-svm":
+        _calibrate_svm(parts.head, F["val"], Y["val"])
+    hist = {k: [float(x) for x in v] for k, v in h.history.items()}
+    hist["best_epoch"] = best.epoch + 1
+    _log(f"head: {len(hist['loss'])} epochs, best epoch {best.epoch + 1} "
+         f"val accuracy {best.best[0]:.4f}")
+    return hist
+
+
+def _calibrate_svm(head, Fval: np.ndarray, yval: np.ndarray):
+    """SVM scores -> probabilities: fit one temperature on validation data (argmax unchanged) and
+    fold it into the Dense layer, so the model stays Dense + softmax and converts like any other."""
+    dense = head.get_layer("logits")
+    W, b = dense.get_weights()
+    s = Fval @ W + b
+    best_t, best_nll = 1.0, np.inf
+    for t in np.logspace(-1, 2, 61):
+        z = s * t
+        z = z - z.max(axis=1, keepdims=True)
+        nll = -(z[np.arange(len(yval)), yval] - np.log(np.exp(z).sum(axis=1))).mean()
+        if nll < best_nll:
+            best_t, best_nll = t, nll
+    dense.set_weights([W * best_t, b * best_t])
+
+
+# ------------------------------------------------------------------------- phase 2
+def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts, resume: bool) -> dict:
+    import keras
+
+    from .model import unfreeze_top
+
+    ck = run / R.CHECKPOINTS
+    ck.mkdir(parents=True, exist_ok=True)
+    paths, y = split.paths_labels("train")
+    vpaths, vy = split.paths_labels("val")
+    n = len(split.classes)
+    steps = int(np.ceil(len(paths) / cfg.batch_size))
+    total = steps * cfg.fine_tune_epochs
+    warm = max(1, int(steps * cfg.warmup_epochs))
+    with strategy.scope():
+        trainable = unfreeze_top(parts.base, cfg.fine_tune_blocks)
+        sched = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg.fine_tune_lr / 10, decay_steps=max(total - warm, 1),
+            warmup_target=cfg.fine_tune_lr, warmup_steps=warm, alpha=0.01)
+        parts.model.compile(
+            keras.optimizers.Adam(sched),
+            keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            metrics=["accuracy"], jit_compile=facts["jit_compile"])
+    _log(f"fine-tune: top {cfg.fine_tune_blocks} blocks ({trainable} layers with weights) trainable, "
+         f"lr {cfg.fine_tune_lr} warm-up {warm} steps then cosine over {total} steps")
+    start, fstate = 0, {"best_val_accuracy": -1.0, "best_val_loss": float("inf"), "wait": 0,
+                        "history": {}, "best_epoch": 0}
+    if resume and (ck / "finetune_state.json").exists():
+        fstate = R.read_json(ck / "finetune_state.json")
+        start = fstate["epoch"]
+        parts.model.load_weights(ck / "last.weights.h5")
+        opt_vars = np.load(ck / "optimizer.npz")
+        parts.model.optimizer.build(parts.model.trainable_variables)
+        for v, a in zip(parts.model.optimizer.variables, [opt_vars[k] for k in sorted(opt_vars, key=int)]):
+            v.assign(a)
+        _log(f"resuming fine-tuning after epoch {start}")
+    keras.utils.set_random_seed(cfg.seed + 1000 + start)
+    train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, shuffle=True, seed=cfg.seed + start,
+                             cache=len(paths) * cfg.size ** 2 * 3 < 3e9,
+                             augment=augmenter(cfg.seed) if cfg.augment else None, num_classes=n)
+    val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, cache=True, num_classes=n)
+    cw = class_weights(y, n, cfg.class_weights)
+
+    class Checkpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            for k, v in logs.items():
+                fstate["history"].setdefault(k, []).append(float(v))
+            acc, loss = logs.get("val_accuracy", 0), logs.get("val_loss", 0)
+            if acc > fstate["best_val_accuracy"] or (acc == fstate["best_val_accuracy"] and loss < fstate["best_val_loss"]):
+                fstate.update(best_val_accuracy=acc, best_val_loss=loss, wait=0, best_epoch=epoch + 1)
+                self.model.save_weights(ck / ".best.weights.h5")
+                os.replace(ck / ".best.weights.h5", ck / "best.weights.h5")
+            else:
+                fstate["wait"] += 1
+            self.model.save_weights(ck / ".last.weights.h5")
+            np.savez(ck / ".optimizer.npz", **{str(i): v.numpy() for i, v in enumerate(self.model.optimizer.variables)})
+            os.replace(ck / ".last.weights.h5", ck / "last.weights.h5")
+            os.replace(ck / ".optimizer.npz", ck / "optimizer.npz")
+            fstate["epoch"] = epoch + 1
+            R.write_json(ck / "finetune_state.json", fstate)  # written last: the commit point
+            if fstate["wait"] >= cfg.fine_tune_patience:
+                self.model.stop_training = True
+                _log(f"early stop after epoch {epoch + 1}: no val accuracy gain in {fstate['wait']} epochs")
+
+    if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
+        parts.model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
+                        class_weight=cw, callbacks=[Checkpoint()], verbose=_verbose())
+    if (ck / "best.weights.h5").exists():
+        parts.model.load_weights(ck / "best.weights.h5")
+    hist = dict(fstate["history"])
+    hist["best_epoch"] = fstate["best_epoch"]
+    _log(f"fine-tune: best epoch {fstate['best_epoch']} val accuracy {fstate['best_val_accuracy']:.4f}")
+    return hist
+
+
+# ------------------------------------------------------------------------- orchestration
+def _save_model(model, run: Path):
+    tmp = run / ".model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, run / R.MODEL)
+
+
+def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
+    """Create the run directory with config, labels and split (or reload them to resume)."""
+    run = Path(cfg.out)
+    if resume:
+        split = Split.load(run / R.SPLIT)
+        return run, split
+    if run.exists() and any(run.iterdir()):
+        raise UserError(f"{run}: run directory exists and is not empty; choose a new --out, or use "
+                        f"`edgetl train --resume {run}` to continue it")
+    ds = load_dataset(cfg.data)
+    for b in ds.bad:
+        _log(f"skipped {b.rel}: {b.error}")
+    if ds.bad:
+        _log(f"skipped {len(ds.bad)} unreadable file(s)")
+    ds.require_trainable()
+    split = make_split(ds, fractions=cfg.fractions, seed=cfg.seed)
+    for note in split.notes:
+        _log(f"note: {note}")
+    run.mkdir(parents=True, exist_ok=True)
+    split.save(run / R.SPLIT)
+    R.write_text(run / R.LABELS, "\n".join(split.classes) + "\n")
+    return run, split
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run (or continue) training; returns the summary written to RUN/summary in metrics.json."""
+    import keras
+
+    t0 = time.time()
+    if resume:
+        run = Path(cfg.out)
+        if not (run / R.CONFIG).exists():
+            raise UserError(f"{run}: no config.json here, nothing to resume; start with `edgetl train DATA --out {run}`")
+        cfg = TrainConfig.from_dict(R.read_json(run / R.CONFIG)["train"])
+        if _state(run).get("phase") == "done":
+            _log(f"{run}: already finished")
+            return R.read_json(run / R.METRICS)
+    spec = resolve(cfg)
+    from .hardware import setup
+    from .model import build
+    strategy, facts = setup(cfg.strategy, cfg.mixed_precision)
+    keras.utils.set_random_seed(cfg.seed)
+    run_existed = Path(cfg.out).exists()
+    run, split = prepare_run(cfg, resume)  # checks the data before anything is written
+    n = len(split.classes)
+    try:
+        with strategy.scope():
+            parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2)
+    except BaseException:
+        if not resume and not run_existed:  # a bad backbone/weights file leaves nothing behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    R.write_json(run / R.CONFIG, {"train": cfg.to_dict(), "backbone": {
+        "name": spec.name, "family": spec.family, "size": cfg.size, "alpha": cfg.alpha,
+        "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
+        "weights_source": spec.weights_source if cfg.weights == "imagenet" else cfg.weights},
+        "input": {"size": cfg.size, "range": [0, 255], "color": "RGB", "resize": RESIZE_METHOD},
+        "hardware": facts})
+    if not resume:
+        _set_state(run, phase="started")
+    _log(f"{spec.name} alpha {cfg.alpha} @ {cfg.size}px, weights {cfg.weights}, {n} classes, "
+         + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test"))
+         + f"; {facts['strategy']} x{facts['replicas']}, mixed precision {'on' if facts['mixed_precision'] else 'off'}")
+
+    t_feat = time.time()
+    F, Y = {}, {}
+    for s in ("train", "val"):
+        F[s] = cached_features(run, cfg, parts, split, s)
+        Y[s] = split.paths_labels(s)[1]
+    t_feat = time.time() - t_feat
+    history = {"head": train_head(cfg, parts, F, Y, n, strategy)}
+    _save_model(parts.model, run)
+    _set_state(run, phase="head")
+    R.write_json(run / R.HISTORY, history)
+    if cfg.fine_tune:
+        if spec.family == "hub":
+            raise UserError(f"{spec.name}: fine-tuning a TF Hub SavedModel is not supported; drop --fine-tune")
+        history["fine_tune"] = fine_tune(run, cfg, parts, split, strategy, facts, resume)
+        _save_model(parts.model, run)
+        R.write_json(run / R.HISTORY, history)
+        _set_state(run, phase="fine_tune")
+    from .evaluate import evaluate_run
+    from .plots import plot_history
+    plot_history(history, run / R.PLOTS / "history.png")
+    metrics = evaluate_run(run, model=parts.model)
+    t = metrics["test"]
+    metrics["timing"] = {"feature_extraction_s": round(t_feat, 2), "total_s": round(time.time() - t0, 2)}
+    R.write_json(run / R.METRICS, metrics)
+    _set_state(run, phase="done")
+    _log(f"done: {spec.name} {cfg.alpha}@{cfg.size} test accuracy {t['accuracy']:.4f} "
+         f"(class-avg {t['class_avg_accuracy']:.4f}, n={t['n']}) in {time.time() - t0:.0f}s -> {run}")
+    return metrics
