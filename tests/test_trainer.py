@@ -57,7 +57,7 @@ def test_local_imagenet_file_loads_at_any_size(size):
     from trainer.backbones import get_backbone
     base = get_backbone("mobilenet_v2").build_base(size, 0.35, str(W035))
     with h5py.File(W035) as f:
-        saved = np.asarray(f["Conv1"]["Conv1"]["kernel:0"] if "Conv1" in f["Conv1"] else f["Conv1"]["kernel:0"])
+        saved = np.asarray(f["Conv1"]["Conv1"]["kernel"])
     assert np.array_equal(base.get_layer("Conv1").get_weights()[0], saved)
 
 

@@ -41,15 +41,22 @@ def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: in
     feats = base(x, training=False) if pretrained else base(x)
     width = int(feats.shape[-1])
     features = keras.Model(inp, feats, name="features")
-    head = keras.Sequential([
+    head = make_head(width, num_classes, dropout, l2)
+    probs = keras.layers.Softmax(name="probabilities", dtype="float32")(head(feats))
+    model = keras.Model(inp, probs, name=f"edgetl_{spec.name.replace(':', '_').replace('/', '_')}")
+    return Parts(model=model, features=features, head=head, base=base, feature_width=width)
+
+
+def make_head(width: int, num_classes: int, dropout: float, l2: float):
+    """features -> logits: dropout + one dense layer (softmax is applied by the model)."""
+    import keras
+
+    return keras.Sequential([
         keras.Input((width,)),
         keras.layers.Dropout(dropout, name="head_dropout"),
         keras.layers.Dense(num_classes, kernel_regularizer=keras.regularizers.L2(l2) if l2 else None,
                            name="logits"),
     ], name="head")
-    probs = keras.layers.Softmax(name="probabilities", dtype="float32")(head(feats))
-    model = keras.Model(inp, probs, name=f"edgetl_{spec.name.replace(':', '_').replace('/', '_')}")
-    return Parts(model=model, features=features, head=head, base=base, feature_width=width)
 
 
 _BLOCK = re.compile(r"^(block_?\d+[a-z]?|expanded_conv(?:_\d+)?|stage\d+_block\d+|blocks?_\d+_\d+)")

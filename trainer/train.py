@@ -114,29 +114,33 @@ class BestWeights:
             self.model.set_weights(self.weights)
 
 
-def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, strategy) -> dict:
+def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
+    """Train the head on cached features. It is tiny, so it trains on one device (a copy of the
+    head outside any distribution strategy) and its weights are then set into the model."""
     import keras
 
+    from .model import make_head
+
     keras.utils.set_random_seed(cfg.seed)
-    with strategy.scope():
-        hm = keras.Sequential([keras.Input((parts.feature_width,)), parts.head], name="head_on_features")
-        if cfg.head == "linear-svm":
-            loss = keras.losses.SquaredHinge()   # one-vs-rest linear SVM in the primal
-        else:
-            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
-        hm.compile(keras.optimizers.Adam(cfg.lr), loss, metrics=["accuracy"], jit_compile=False)
+    head = make_head(parts.feature_width, n, cfg.dropout, cfg.l2)
+    if cfg.head == "linear-svm":
+        loss = keras.losses.SquaredHinge()   # one-vs-rest linear SVM in the primal
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+    head.compile(keras.optimizers.Adam(cfg.lr), loss, metrics=["accuracy"], jit_compile=False)
     onehot = {k: np.eye(n, dtype=np.float32)[v] for k, v in Y.items()}
     if cfg.head == "linear-svm":
         onehot = {k: 2 * v - 1 for k, v in onehot.items()}
-    best = BestWeights(hm)
-    early = keras.callbacks.LambdaCallback(on_epoch_end=best.update)
+    best = BestWeights(head)
+    track = keras.callbacks.LambdaCallback(on_epoch_end=best.update)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
-    h = hm.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
-               epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-               class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=[early, stop])
+    h = head.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
+                 epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
+                 class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=[track, stop])
     best.restore()
     if cfg.head == "linear-svm":
-        _calibrate_svm(parts.head, F["val"], Y["val"])
+        _calibrate_svm(head, F["val"], Y["val"])
+    parts.head.set_weights(head.get_weights())
     hist = {k: [float(x) for x in v] for k, v in h.history.items()}
     hist["best_epoch"] = best.epoch + 1
     _log(f"head: {len(hist['loss'])} epochs, best epoch {best.epoch + 1} "
@@ -200,7 +204,17 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
     train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, shuffle=True, seed=cfg.seed + start,
                              cache=len(paths) * cfg.size ** 2 * 3 < 3e9,
                              augment=augmenter(cfg.seed) if cfg.augment else None, num_classes=n)
-    val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, cache=True, num_classes=n)
+    replicas = strategy.num_replicas_in_sync
+    if replicas > 1:
+        # tf.distribute needs batches that split evenly across replicas: drop the ragged end
+        # (fewer than one batch of images per epoch; validation keeps all but < replicas).
+        vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas))
+        train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, shuffle=True, seed=cfg.seed + start,
+                                 cache=True, augment=augmenter(cfg.seed) if cfg.augment else None,
+                                 num_classes=n, drop_remainder=len(paths) >= cfg.batch_size)
+        val_ds = image_dataset(vpaths, vy, cfg.size, vbatch, cache=True, num_classes=n, drop_remainder=True)
+    else:
+        val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, cache=True, num_classes=n)
     cw = class_weights(y, n, cfg.class_weights)
 
     class Checkpoint(keras.callbacks.Callback):
@@ -313,7 +327,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         F[s] = cached_features(run, cfg, parts, split, s)
         Y[s] = split.paths_labels(s)[1]
     t_feat = time.time() - t_feat
-    history = {"head": train_head(cfg, parts, F, Y, n, strategy)}
+    history = {"head": train_head(cfg, parts, F, Y, n)}
     _save_model(parts.model, run)
     _set_state(run, phase="head")
     R.write_json(run / R.HISTORY, history)
@@ -324,12 +338,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         _save_model(parts.model, run)
         R.write_json(run / R.HISTORY, history)
         _set_state(run, phase="fine_tune")
+    t_trained = time.time() - t0
     from .evaluate import evaluate_run
     from .plots import plot_history
     plot_history(history, run / R.PLOTS / "history.png")
     metrics = evaluate_run(run, model=parts.model)
     t = metrics["test"]
-    metrics["timing"] = {"feature_extraction_s": round(t_feat, 2), "total_s": round(time.time() - t0, 2)}
+    metrics["timing"] = {"feature_extraction_s": round(t_feat, 2), "trained_s": round(t_trained, 2),
+                         "total_s": round(time.time() - t0, 2)}
     R.write_json(run / R.METRICS, metrics)
     _set_state(run, phase="done")
     _log(f"done: {spec.name} {cfg.alpha}@{cfg.size} test accuracy {t['accuracy']:.4f} "

@@ -14,7 +14,7 @@ from edge_runtime.image import RESIZE_METHOD, load_image
 
 def image_dataset(paths, labels=None, size: int = 224, batch_size: int = 32, shuffle: bool = False,
                   seed: int = 0, method: str = RESIZE_METHOD, cache: bool = False, augment=None,
-                  num_classes: int | None = None):
+                  num_classes: int | None = None, drop_remainder: bool = False):
     """(uint8 RGB 0..255 batch, label batch) dataset at ``size`` x ``size``.
 
     ``augment``: a callable on float32 batches (training only). ``num_classes``: one-hot labels.
@@ -38,7 +38,7 @@ def image_dataset(paths, labels=None, size: int = 224, batch_size: int = 32, shu
         ds = ds.cache()
     if shuffle:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32)), y), num_parallel_calls=tf.data.AUTOTUNE)
     if num_classes:

@@ -1,0 +1,1 @@
+"""edgetl benchmarks: speed and accuracy reports, measured as ratios within one run."""
