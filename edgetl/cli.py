@@ -197,6 +197,29 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
              fine_tune=fine_tune)
 
 
+@cli.command()
+@click.argument("run", type=click.Path())
+@click.option("--int8", is_flag=True, help="Full-integer int8 (calibrated on training images).")
+@click.option("--fp16", is_flag=True, help="float16 weights.")
+@click.option("--dynamic", is_flag=True, help="Dynamic range (int8 weights, float activations).")
+@click.option("--fp32", is_flag=True, help="Plain float32.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/deploy).")
+@click.option("--io", type=click.Choice(["uint8", "int8", "float"]), default="uint8", show_default=True,
+              help="int8 model input/output type (uint8 suits camera pixels).")
+@click.option("--calibration-samples", default=300, show_default=True)
+@click.option("--max-drop", default=1.0, show_default=True, help="Fail when int8 loses more accuracy points.")
+@click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
+@friendly
+def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force):
+    """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
+    from converter.convert import convert as run_convert
+
+    chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
+    m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
+                    max_drop=max_drop, force=force)
+    click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
+
+
 @cli.command("backbones")
 def backbones_cmd():
     """List the backbone registry."""

@@ -40,8 +40,8 @@ def run_demo(out: Path, per_class: int = 60, backbone: str = "mobilenet_v2", alp
     except BackboneError as e:
         if weights != "imagenet":
             raise
-        print(f"note: {e}\nnote: continuing with --weights none (random init): expect lower accuracy",
-              file=sys.stderr)
+        print(f"note: {e}\nnote: continuing with random init (--weights none): a frozen random backbone "
+              "gives near-chance accuracy; pass --weights PATH for a real result", file=sys.stderr)
         cfg.weights = "none"
         metrics = train(cfg)
     t = metrics["test"]

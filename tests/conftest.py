@@ -61,3 +61,21 @@ def edge_venv(tmp_path_factory) -> Path:
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     return venv
+
+
+@pytest.fixture(scope="session")
+def small_run(synth_data, tmp_path_factory) -> Path:
+    """A trained run (MobileNetV2 0.35@96, real ImageNet weights, frozen head) for later stages."""
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    r = run_cli("edgetl", "train", synth_data, "--out", out, "--backbone", "mobilenet_v2", "--alpha", "0.35",
+                "--size", "96", "--weights", WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def deployed(small_run) -> Path:
+    """The small run converted to fp32 + int8 (uint8 I/O)."""
+    r = run_cli("edgetl", "convert", small_run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return small_run / "deploy"

@@ -71,9 +71,10 @@ def block_ids(base) -> list[str | None]:
     return out
 
 
-def unfreeze_top(base, n_blocks: int) -> int:
+def unfreeze_top(base, n_blocks: int, train_bn: bool = False) -> int:
     """Make the last ``n_blocks`` blocks and every layer after them trainable; returns the count
-    of trainable layers. BatchNorm layers stay frozen (their statistics belong to ImageNet)."""
+    of trainable layers. Pretrained BatchNorm layers stay frozen (their statistics belong to
+    ImageNet); from random init (``train_bn``) they must learn too."""
     import keras
 
     ids = block_ids(base)
@@ -88,7 +89,7 @@ def unfreeze_top(base, n_blocks: int) -> int:
     base.trainable = True
     count = 0
     for i, layer in enumerate(base.layers):
-        train = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        train = i >= first and (train_bn or not isinstance(layer, keras.layers.BatchNormalization))
         layer.trainable = train
         count += bool(train and layer.weights)
     return count

@@ -179,7 +179,7 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
     total = steps * cfg.fine_tune_epochs
     warm = max(1, int(steps * cfg.warmup_epochs))
     with strategy.scope():
-        trainable = unfreeze_top(parts.base, cfg.fine_tune_blocks)
+        trainable = unfreeze_top(parts.base, cfg.fine_tune_blocks, train_bn=cfg.weights == "none")
         sched = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cfg.fine_tune_lr / 10, decay_steps=max(total - warm, 1),
             warmup_target=cfg.fine_tune_lr, warmup_steps=warm, alpha=0.01)

@@ -1,0 +1,1 @@
+"""edgetl's converter: a trained run -> verified .tflite artifacts + labels + manifest."""

@@ -1,0 +1,187 @@
+"""`edgetl convert`: export once with a fixed batch-1 signature, convert each precision, verify
+every artifact on the run's held-out test split with the device's own code, write the manifest.
+
+Precisions: fp32; fp16 (float16 weights); dynamic (int8 weights, float activations); int8
+(full-integer, builtin int8 ops only, integer input/output, calibrated on training images).
+Files are written under a temporary name and renamed, so an interrupted convert never leaves a
+half-written model; existing artifacts are kept unless ``force``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.classifier import Classifier
+from edge_runtime.errors import UserError
+from edge_runtime.image import RESIZE_METHOD
+from edge_runtime.interpreter import graph_report
+from edge_runtime.manifest import FORMAT, NAME, sha256_file
+
+from trainer import rundir as R
+
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
+IO_TYPES = ("uint8", "int8", "float")
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _converter(saved_model: Path, precision: str, io: str, calib):
+    import tensorflow as tf
+
+    c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: devices cannot run them
+    if precision == "fp16":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.target_spec.supported_types = [tf.float16]
+    elif precision == "dynamic":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif precision == "int8":
+        c.optimizations = [tf.lite.Optimize.DEFAULT]
+        c.representative_dataset = calib
+        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io != "float":
+            c.inference_input_type = c.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io]
+    return c
+
+
+def _atomic_write(path: Path, data: bytes):
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_writable(out: Path):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".edgetl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out}: output folder is not writable ({e.strerror}); pass --out DIR") from None
+
+
+def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
+            calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
+            threads: int | None = None) -> dict:
+    """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points."""
+    from trainer.evaluate import eval_items, load_run_model
+
+    run = Path(run)
+    precisions = [p for p in PRECISIONS if p in precisions]
+    if io not in IO_TYPES:
+        raise UserError(f"--io must be one of {IO_TYPES}")
+    model = load_run_model(run)
+    cfg = R.read_json(run / R.CONFIG)
+    labels = R.read_labels(run)
+    size = int(model.inputs[0].shape[1])
+    method = cfg.get("input", {}).get("resize", RESIZE_METHOD)
+    out = Path(out) if out else run / R.DEPLOY
+    _check_writable(out)
+    for leftover in out.glob(".*.partial"):
+        leftover.unlink()
+    names = {p: f"model_{p}.tflite" for p in precisions}
+    clash = [n for n in names.values() if (out / n).exists()]
+    if clash and not force:
+        raise UserError(f"{out / clash[0]}: exists; pass --force to overwrite or --out another folder")
+
+    import tensorflow as tf
+
+    from trainer.data.split import Split
+
+    split = Split.load(run / R.SPLIT)
+    tpaths, ty = split.paths_labels("train")
+    from .calibration import representative_dataset, stratified_sample
+    calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
+    test_paths, test_y, _ = eval_items(run)
+
+    # Keras reference on the same pixels the device will see
+    from trainer.data.pipeline import load_arrays
+    x_test = load_arrays(test_paths, size, method)
+    keras_probs = model.predict(x_test.astype(np.float32), batch_size=32, verbose=0)
+    keras_pred = keras_probs.argmax(1)
+    keras_acc = float((keras_pred == test_y).mean()) if len(test_y) else 0.0
+
+    artifacts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        import keras
+        sig = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]  # fixed batch 1
+        sm = Path(tmp) / "saved_model"
+        model.export(str(sm), format="tf_saved_model", verbose=False, input_signature=sig)
+        # int8 ends at the logits: XNNPACK has no quantized SOFTMAX, so keeping it would leave one
+        # op outside the delegate; the device applies softmax to the dequantized logits instead.
+        sm_logits = Path(tmp) / "saved_model_logits"
+        logits = model.get_layer("probabilities").input
+        keras.Model(model.inputs, logits).export(str(sm_logits), format="tf_saved_model", verbose=False,
+                                                 input_signature=sig)
+        for prec in precisions:
+            t0 = time.time()
+            src = sm_logits if prec == "int8" else sm
+            try:
+                blob = _converter(src, prec, io, representative_dataset(calib_paths, size, method)).convert()
+            except Exception as e:
+                raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
+            secs = time.time() - t0
+            path = out / names[prec]
+            _atomic_write(path, blob)
+            clf = Classifier(path, threads=threads, labels=labels)
+            clf.resize_method, clf.probabilities = method, prec != "int8"
+            pred = np.array([clf.invoke(clf.preprocess(x)).argmax() for x in x_test], dtype=np.int64)
+            acc = float((pred == test_y).mean()) if len(test_y) else 0.0
+            rep = graph_report(clf.interpreter)
+            i = clf.interpreter.get_input_details()[0]
+            o = clf.interpreter.get_output_details()[0]
+            ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
+                   "drop_points": round(100 * (keras_acc - acc), 3),
+                   "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
+                   "conversion_s": round(secs, 2), **rep}
+            artifacts.append({
+                "file": names[prec], "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
+                          "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
+                "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
+                           "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
+                "verification": ver})
+            _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
+                 f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
+                 f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
+    R.write_text(out / "labels.txt", "\n".join(labels) + "\n")
+    manifest = {
+        "format": FORMAT,
+        "labels": labels, "labels_file": "labels.txt",
+        "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method},
+        "backbone": cfg.get("backbone", {}),
+        "source_run": str(run.resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "calibration": {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
+                        "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False},
+        "io": io,
+        "default": "int8" if "int8" in precisions else precisions[0],
+        "artifacts": artifacts,
+    }
+    if (out / NAME).exists():  # keep artifacts of other precisions converted earlier into this folder
+        try:
+            old = R.read_json(out / NAME)
+            done = {a["precision"] for a in artifacts}
+            kept = [a for a in old.get("artifacts", []) if a["precision"] not in done and (out / a["file"]).exists()
+                    and old.get("labels") == labels]
+            manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
+        except ValueError:
+            pass
+    R.write_json(out / NAME, manifest)
+    for a in artifacts:
+        if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop:
+            v = a["verification"]
+            raise UserError(f"{out / a['file']}: int8 accuracy {v['accuracy']:.4f} is {v['drop_points']:.2f} points "
+                            f"below Keras {v['keras_accuracy']:.4f} (limit --max-drop {max_drop})")
+    return manifest

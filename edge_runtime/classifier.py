@@ -1,0 +1,93 @@
+"""`Classifier`: a deploy folder (or a .tflite) -> top-k labels for photos and camera frames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .image import RESIZE_METHOD, ImageInput, load_image
+from .interpreter import load_interpreter
+from .manifest import NAME, load_manifest, sha256_file
+
+
+class Classifier:
+    """Classify images with a converted model.
+
+    ``model``: the converter's deploy folder (reads manifest.json: labels, resize, quantization;
+    checks the artifact's sha256 unless ``verify=False``) or a .tflite file (labels from a
+    labels.txt beside it). ``precision`` picks an artifact of the folder (default: the manifest's).
+    """
+
+    def __init__(self, model, threads: int | None = None, precision: str | None = None,
+                 verify: bool = True, labels: list[str] | None = None):
+        p = Path(model)
+        self.manifest = None
+        if p.is_dir():
+            self.manifest = load_manifest(p)
+            art = self.manifest.artifact(precision)
+            path = p / art.file
+            if not path.exists():
+                raise UserError(f"{path}: listed in {p / NAME} but missing; copy the deploy folder again")
+            if verify and sha256_file(path) != art.sha256:
+                raise UserError(f"{path}: sha256 does not match {p / NAME} (damaged or replaced file); "
+                                "copy it again or pass --no-verify")
+            self.labels = labels or self.manifest.labels
+            self.resize_method = self.manifest.resize
+            self.precision = art.precision
+            self.probabilities = art.output.get("probabilities", True)
+        elif p.is_file():
+            path = p
+            lf = p.with_name("labels.txt")
+            self.labels = labels or ([l for l in lf.read_text().splitlines() if l] if lf.exists() else None)
+            self.resize_method, self.precision, self.probabilities = RESIZE_METHOD, None, True
+        else:
+            raise UserError(f"{p}: no such model file or deploy folder")
+        self.path = path
+        self.interpreter = load_interpreter(path, threads)
+        i = self.interpreter.get_input_details()[0]
+        o = self.interpreter.get_output_details()[0]
+        self._in, self._out = i["index"], o["index"]
+        self.size = int(i["shape"][1])
+        self.input_dtype = i["dtype"]
+        self.in_scale, self.in_zero = i["quantization"]
+        self.out_scale, self.out_zero = o["quantization"]
+        n = int(o["shape"][-1])
+        if self.labels is None:
+            self.labels = [str(k) for k in range(n)]
+        if len(self.labels) != n:
+            raise UserError(f"{path}: model has {n} outputs but {len(self.labels)} labels")
+
+    # -- preprocessing: resize only; the model does the rest
+    def preprocess(self, image: ImageInput, draft: bool = False) -> np.ndarray:
+        x = load_image(image, self.size, self.resize_method, draft=draft)
+        if self.input_dtype == np.float32:
+            return x.astype(np.float32)[None]
+        if self.in_scale and (abs(self.in_scale - 1.0) > 1e-3 or self.in_zero != 0 or self.input_dtype != np.uint8):
+            info = np.iinfo(self.input_dtype)
+            q = np.round(x.astype(np.float32) / self.in_scale + self.in_zero)
+            return np.clip(q, info.min, info.max).astype(self.input_dtype)[None]
+        return x[None]
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """Raw model call on a preprocessed (1, S, S, 3) tensor -> class scores (float)."""
+        self.interpreter.set_tensor(self._in, x)
+        self.interpreter.invoke()
+        y = self.interpreter.get_tensor(self._out)[0]
+        if y.dtype != np.float32:
+            y = (y.astype(np.float32) - self.out_zero) * self.out_scale
+        if not self.probabilities:
+            e = np.exp(y - y.max())
+            y = e / e.sum()
+        return y
+
+    def predict(self, image: ImageInput, draft: bool = False) -> np.ndarray:
+        return self.invoke(self.preprocess(image, draft))
+
+    def classify(self, image: ImageInput, top_k: int = 5, draft: bool = False) -> list[tuple[str, float]]:
+        p = self.predict(image, draft)
+        order = np.argsort(-p, kind="stable")[:top_k]
+        return [(self.labels[i], float(p[i])) for i in order]
+
+    def classify_batch(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        return [self.classify(im, top_k) for im in images]

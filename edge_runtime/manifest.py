@@ -1,0 +1,77 @@
+"""manifest.json: the single contract between the converter and the device.
+
+The converter writes it next to the .tflite files; the device reads labels, input size, dtype and
+quantization, the resize method, output quantization and each artifact's sha256 from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+FORMAT = "edgetl-manifest/1"
+NAME = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    file: str
+    precision: str
+    sha256: str
+    bytes: int
+    input: dict      # {"dtype", "scale", "zero_point"}
+    output: dict     # {"dtype", "scale", "zero_point", "probabilities"}
+    verification: dict
+
+
+@dataclass
+class Manifest:
+    folder: Path
+    data: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return self.data["labels"]
+
+    @property
+    def size(self) -> int:
+        return int(self.data["input"]["size"])
+
+    @property
+    def resize(self) -> str:
+        return self.data["input"]["resize"]
+
+    def artifact(self, precision: str | None = None) -> Artifact:
+        arts = self.data["artifacts"]
+        if precision is None:
+            precision = self.data.get("default", arts[0]["precision"])
+        for a in arts:
+            if a["precision"] == precision:
+                return Artifact(**a)
+        raise UserError(f"{self.folder / NAME}: no {precision} artifact; this folder has "
+                        f"{', '.join(a['precision'] for a in arts)}")
+
+
+def load_manifest(folder: Path) -> Manifest:
+    folder = Path(folder)
+    p = folder / NAME
+    if not p.exists():
+        raise UserError(f"{p}: no manifest; pass the folder `edgetl convert` wrote (RUN/deploy)")
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as e:
+        raise UserError(f"{p}: damaged manifest ({e}); copy the deploy folder again") from None
+    if data.get("format") != FORMAT:
+        raise UserError(f"{p}: unknown manifest format {data.get('format')!r} (expected {FORMAT})")
+    return Manifest(folder, data)

@@ -1,0 +1,89 @@
+"""Converter: artifacts, manifest, verification on the held-out split, safe writes, bad input."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge_runtime.manifest import sha256_file
+from tests.conftest import ROOT, run_cli
+
+
+def test_default_convert_writes_fp32_int8_labels_manifest(deployed):
+    names = sorted(p.name for p in deployed.iterdir())
+    assert names == ["labels.txt", "manifest.json", "model_fp32.tflite", "model_int8.tflite"]
+    m = json.loads((deployed / "manifest.json").read_text())
+    assert m["labels"] == ["dotted", "leopard", "striped"] and m["default"] == "int8"
+    assert m["input"]["size"] == 96 and m["input"]["resize"] == "bilinear"
+    for a in m["artifacts"]:
+        assert a["sha256"] == sha256_file(deployed / a["file"]) and a["bytes"] > 0
+    assert m["calibration"]["source"] == "train split" and m["calibration"]["random_noise"] is False
+    assert sum(m["calibration"]["per_class"].values()) == m["calibration"]["samples"] > 0
+
+
+def test_int8_is_full_integer_with_uint8_io(deployed):
+    m = json.loads((deployed / "manifest.json").read_text())
+    a = next(a for a in m["artifacts"] if a["precision"] == "int8")
+    assert a["input"]["dtype"] == "uint8" and a["output"]["dtype"] == "uint8"
+    v = a["verification"]
+    assert v["float_ops"] == [] and "SOFTMAX" not in v["ops"]
+    assert set(v["not_delegated"]) <= {"QUANTIZE"}  # only the uint8->int8 input conversion
+    assert v["n"] == 9 and v["agreement"] >= 0.88 and v["drop_points"] <= 12
+
+
+def test_int8_io_is_fully_delegated(small_run, tmp_path):
+    r = run_cli("edgetl", "convert", small_run, "--int8", "--io", "int8", "--out", tmp_path / "d",
+                "--calibration-samples", "30")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((tmp_path / "d" / "manifest.json").read_text())["artifacts"][0]
+    assert a["input"]["dtype"] == "int8" and a["verification"]["fully_delegated"] is True
+    assert a["verification"]["delegate_partitions"] == 1
+
+
+def test_existing_artifacts_need_force(small_run, deployed):
+    r = run_cli("edgetl", "convert", small_run, "--int8")
+    assert r.returncode == 2 and "--force" in r.stderr and "model_int8.tflite" in r.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "no_model", "corrupt"])
+def test_bad_runs_give_one_line_errors(small_run, tmp_path, case):
+    run = tmp_path / "run"
+    if case != "missing":
+        shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("deploy", "cache"))
+        if case == "no_model":
+            (run / "model.keras").unlink()
+        else:
+            (run / "model.keras").write_bytes(b"PK\x03\x04 not really a keras file")
+    r = run_cli("edgetl", "convert", run)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and "Traceback" not in r.stderr and str(run) in err[0]
+
+
+def test_unwritable_output_folder(small_run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    r = run_cli("edgetl", "convert", small_run, "--out", blocker / "deploy")
+    assert r.returncode == 2 and "not writable" in r.stderr
+
+
+def test_killed_convert_leaves_no_partial_tflite(small_run, tmp_path):
+    out = tmp_path / "deploy"
+    p = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "convert", str(small_run), "--fp32", "--fp16",
+                          "--dynamic", "--int8", "--out", str(out)], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not list(out.glob("model_*.tflite")):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    from edge_runtime.interpreter import load_interpreter
+    files = list(out.glob("*.tflite"))
+    assert files, "killed before the first artifact was written"
+    for f in files:  # whatever has the final name is complete and loads
+        load_interpreter(f)
+    assert not (out / "manifest.json").exists()
