@@ -1,5 +1,5 @@
 """`edgetl demo`: the whole pipeline on the embedded synthetic dataset, offline, in minutes on a
-laptop CPU: make data -> inspect -> train -> evaluate (-> convert -> predict as those stages land).
+laptop CPU: make data -> inspect -> train -> evaluate -> convert -> predict.
 """
 from __future__ import annotations
 
@@ -45,7 +45,15 @@ def run_demo(out: Path, per_class: int = 60, backbone: str = "mobilenet_v2", alp
         cfg.weights = "none"
         metrics = train(cfg)
     t = metrics["test"]
-    _say(f"[3/3] held-out test: accuracy {t['accuracy']:.3f}, class-averaged {t['class_avg_accuracy']:.3f}; "
+    _say(f"held-out test: accuracy {t['accuracy']:.3f}, class-averaged {t['class_avg_accuracy']:.3f}; "
          f"plots in {out / 'run' / 'plots'}")
+    from converter.convert import convert
+    from edge_runtime import Classifier
+
+    _say(f"[3/3] convert to fp32 + int8 -> {out / 'run' / 'deploy'}, then classify on the edge runtime")
+    convert(out / "run", ["fp32", "int8"], max_drop=100.0)
+    clf = Classifier(out / "run" / "deploy")
+    sample = sorted((data / "leopard").glob("*.jpg"))[0]
+    _say(f"edge-predict {sample.name}: " + ", ".join(f"{l} {s:.2f}" for l, s in clf.classify(sample, 3)))
     _say(f"demo finished in {time.time() - t0:.0f}s")
     return metrics
