@@ -18,8 +18,8 @@ def interpreter_class():
     except ImportError:
         pass
     try:
-        import tensorflow as tf  # last resort only
-        return tf.lite.Interpreter, "tensorflow.lite"
+        from tensorflow.lite.python.interpreter import Interpreter  # last resort only (deprecated)
+        return Interpreter, "tensorflow.lite"
     except ImportError:
         raise UserError("no TFLite interpreter installed: pip install 'edgetl[edge]' (ai-edge-litert)") from None
 
