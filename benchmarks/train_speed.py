@@ -21,7 +21,6 @@ from pathlib import Path
 
 def tutorial_recipe(split, size: int, alpha: float, weights: str, epochs: int = 6, batch: int = 32, seed: int = 0):
     import keras
-    import numpy as np
 
     from trainer.data.pipeline import image_dataset
 

@@ -9,7 +9,6 @@ half-written model; existing artifacts are kept unless ``force``.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
