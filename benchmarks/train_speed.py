@@ -37,7 +37,10 @@ def tutorial_recipe(split, size: int, alpha: float, weights: str, epochs: int = 
     x = keras.layers.Dropout(0.2)(x)
     out = keras.layers.Dense(n, activation="softmax")(x)
     model = keras.Model(inp, out)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    # XLA off, as in edgetl's trainer: it is 5-11x slower on this CPU (STACK.md), and the ratio
+    # must measure the recipe, not a trap.
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=False)
     tp, ty = split.paths_labels("train")
     vp, vy = split.paths_labels("val")
     model.fit(image_dataset(tp, ty, size, batch, shuffle=True, seed=seed),

@@ -51,6 +51,23 @@ def _converter(saved_model: Path, precision: str, io: str, calib):
     return c
 
 
+def export_saved_model(model, path: Path) -> None:
+    """Export ``model`` as a SavedModel with a fixed batch-1 float signature named ``image``
+    (a fixed batch keeps the whole graph in one XNNPACK partition, see STACK.md)."""
+    import tensorflow as tf
+
+    size = int(model.inputs[0].shape[1])
+    sig = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]
+    model.export(str(path), format="tf_saved_model", verbose=False, input_signature=sig)
+
+
+def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) -> bytes:
+    """One Keras model -> one .tflite flatbuffer (no verification; ``convert`` does the full job)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        export_saved_model(model, Path(tmp) / "sm")
+        return _converter(Path(tmp) / "sm", precision, io, calib).convert()
+
+
 def _atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as f:
@@ -94,13 +111,13 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     if clash and not force:
         raise UserError(f"{out / clash[0]}: exists; pass --force to overwrite or --out another folder")
 
-    import tensorflow as tf
 
     from trainer.data.split import Split
 
     split = Split.load(run / R.SPLIT)
     tpaths, ty = split.paths_labels("train")
     from .calibration import representative_dataset, stratified_sample
+    from .metadata import populate
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
     test_paths, test_y, _ = eval_items(run)
 
@@ -114,15 +131,13 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     artifacts = []
     with tempfile.TemporaryDirectory() as tmp:
         import keras
-        sig = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]  # fixed batch 1
         sm = Path(tmp) / "saved_model"
-        model.export(str(sm), format="tf_saved_model", verbose=False, input_signature=sig)
+        export_saved_model(model, sm)
         # int8 ends at the logits: XNNPACK has no quantized SOFTMAX, so keeping it would leave one
         # op outside the delegate; the device applies softmax to the dequantized logits instead.
         sm_logits = Path(tmp) / "saved_model_logits"
         logits = model.get_layer("probabilities").input
-        keras.Model(model.inputs, logits).export(str(sm_logits), format="tf_saved_model", verbose=False,
-                                                 input_signature=sig)
+        export_saved_model(keras.Model(model.inputs, logits), sm_logits)
         for prec in precisions:
             t0 = time.time()
             src = sm_logits if prec == "int8" else sm
@@ -130,6 +145,11 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                 blob = _converter(src, prec, io, representative_dataset(calib_paths, size, method)).convert()
             except Exception as e:
                 raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
+            blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
+                            "int8" if prec == "int8" and io == "int8" else "float32",
+                            probabilities=prec != "int8", resize=method,
+                            name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
+                            description=f"image classifier over {len(labels)} classes, trained by edgetl")
             secs = time.time() - t0
             path = out / names[prec]
             _atomic_write(path, blob)
@@ -150,6 +170,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                           "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
                 "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
                            "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
+                "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
                 "verification": ver})
             _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
                  f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "

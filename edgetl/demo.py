@@ -14,8 +14,8 @@ def _say(msg: str):
     print(msg, flush=True)
 
 
-def run_demo(out: Path, per_class: int = 60, backbone: str = "mobilenet_v2", alpha: float | None = 0.35,
-             size: int | None = 96, weights: str = "imagenet", seed: int = 0, fine_tune: bool = False) -> dict:
+def run_demo(out: Path, per_class: int = 60, backbone: str = "efficientnet_lite0", alpha: float | None = None,
+             size: int | None = 128, weights: str = "imagenet", seed: int = 0, fine_tune: bool = False) -> dict:
     from trainer.backbones import BackboneError
     from trainer.config import TrainConfig
     from trainer.data import load_dataset

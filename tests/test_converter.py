@@ -87,3 +87,50 @@ def test_killed_convert_leaves_no_partial_tflite(small_run, tmp_path):
     for f in files:  # whatever has the final name is complete and loads
         load_interpreter(f)
     assert not (out / "manifest.json").exists()
+
+
+def test_every_artifact_carries_standard_metadata_and_labels(deployed):
+    from converter.metadata import read_metadata
+    from edge_runtime.embedded import embedded_files
+
+    for prec, out_name in (("fp32", "probabilities"), ("int8", "logits")):
+        blob = (deployed / f"model_{prec}.tflite").read_bytes()
+        md = read_metadata(blob)
+        assert md["input"]["size"] == 96 and md["input"]["color_space"] == 1  # RGB
+        assert md["input"]["min"] == [0.0] and md["input"]["max"] == [255.0]
+        assert md["input"]["mean"] == [0.0] and md["input"]["std"] == [1.0]  # normalisation is baked in
+        assert md["output"]["name"] == out_name and md["output"]["files"] == [("labels.txt", 2)]  # AXIS_LABELS
+        assert embedded_files(blob)["labels.txt"].decode().split() == ["dotted", "leopard", "striped"]
+
+
+def test_bare_tflite_knows_its_labels_and_output_meaning(deployed, tmp_path):
+    from edge_runtime import Classifier
+
+    lone = tmp_path / "alone.tflite"           # no manifest, no labels.txt beside it
+    shutil.copy(deployed / "model_int8.tflite", lone)
+    bare, full = Classifier(lone), Classifier(deployed)
+    assert bare.labels == full.labels and bare.probabilities is False
+    img = sorted((ROOT.parent / "shared" / "assets" / "samples").glob("*.jpg"))[0]
+    np.testing.assert_allclose(bare.predict(img), full.predict(img))
+
+
+def test_mediapipe_image_classifier_names_the_same_classes(deployed, small_run):
+    """An Android-class client (MediaPipe Tasks) loads the int8 artifact alone and agrees on top-1."""
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from edge_runtime import Classifier
+    from edge_runtime.image import load_image
+    from trainer.data.split import Split
+
+    clf = Classifier(deployed, precision="int8")
+    test_paths, _ = Split.load(small_run / "split").paths_labels("test")
+    photos = sorted((ROOT.parent / "shared" / "assets" / "samples").glob("*.jpg")) + list(test_paths)
+    opts = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=str(deployed / "model_int8.tflite")), max_results=1)
+    with vision.ImageClassifier.create_from_options(opts) as mpc:
+        for p in photos:
+            # same pixels for both (the device's resize), so the comparison is about the model file
+            px = np.ascontiguousarray(load_image(p, clf.size, clf.resize_method))
+            got = mpc.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=px))
+            assert got.classifications[0].categories[0].category_name == clf.classify(px, 1)[0][0], p

@@ -36,6 +36,9 @@ class Backbone:
     weights_source: str             # where weights="imagenet" comes from
     feature_width: Callable[[float], int]
     build_base: Callable[..., object]  # (size, alpha, weights) -> keras.Model (no top, avg pooled)
+    # (size, alpha, weights) -> keras.Model with the 1000-class ImageNet head (logits); None if
+    # the backbone has no such head (used by `edgetl imagenet`)
+    build_classifier: Callable[..., object] | None = None
     alphas: tuple[float, ...] = (1.0,)
     default_alpha: float = 1.0
     notes: str = ""
@@ -122,10 +125,12 @@ def _load_weights_file(model, path: str, name: str):
     return model
 
 
-def keras_app_builder(ctor: Callable, name: str, **fixed):
-    """Builder for a keras.applications model: no top, global average pooling, chosen weights."""
+def keras_app_builder(ctor: Callable, name: str, top: bool = False, **fixed):
+    """Builder for a keras.applications model with chosen weights: no top, global average pooling,
+    or (``top``) the ImageNet classifier ending in logits."""
     def build(size: int, alpha: float, weights: str):
-        kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg", **fixed)
+        kwargs = (dict(input_shape=(size, size, 3), include_top=True, classifier_activation=None, **fixed) if top
+                  else dict(input_shape=(size, size, 3), include_top=False, pooling="avg", **fixed))
         if "alpha" in inspect.signature(ctor).parameters:
             kwargs["alpha"] = alpha
         if weights == "imagenet":
@@ -146,7 +151,8 @@ def _register_keras_apps():
         name="mobilenet_v2", family="mobilenet_v2", default_size=224, min_size=32, max_size=224,
         preprocessing="minus1to1", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0,
         weights_source="keras.applications (ImageNet, ~/.keras/models); local .h5 via --weights",
-        feature_width=mnv2_width, build_base=keras_app_builder(A.MobileNetV2, "mobilenet_v2")))
+        feature_width=mnv2_width, build_base=keras_app_builder(A.MobileNetV2, "mobilenet_v2"),
+        build_classifier=keras_app_builder(A.MobileNetV2, "mobilenet_v2", top=True)))
     for variant, ctor, width in (("small", A.MobileNetV3Small, 576), ("large", A.MobileNetV3Large, 960)):
         register(Backbone(
             name=f"mobilenet_v3_{variant}", family="mobilenet_v3", default_size=224, min_size=32,
@@ -155,18 +161,23 @@ def _register_keras_apps():
             feature_width=lambda a, w=width: w,
             notes="int8 HARD_SWISH is not delegated to XNNPACK: int8 can be slower than fp32",
             build_base=keras_app_builder(ctor, f"mobilenet_v3_{variant}", minimalistic=False,
-                                         include_preprocessing=True)))
+                                         include_preprocessing=True),
+            build_classifier=keras_app_builder(ctor, f"mobilenet_v3_{variant}", top=True, minimalistic=False,
+                                               include_preprocessing=True)))
     for i, (width, size) in enumerate(((1280, 224), (1280, 240), (1408, 260), (1536, 300))):
         register(Backbone(
             name=f"efficientnet_b{i}", family="efficientnet", default_size=size, min_size=32,
             max_size=600, preprocessing="internal", weights_source="keras.applications (ImageNet)",
             feature_width=lambda a, w=width: w,
-            build_base=keras_app_builder(getattr(A, f"EfficientNetB{i}"), f"efficientnet_b{i}")))
+            build_base=keras_app_builder(getattr(A, f"EfficientNetB{i}"), f"efficientnet_b{i}"),
+            build_classifier=keras_app_builder(getattr(A, f"EfficientNetB{i}"), f"efficientnet_b{i}", top=True)))
     register(Backbone(
         name="efficientnetv2_b0", family="efficientnetv2", default_size=224, min_size=32, max_size=480,
         preprocessing="internal", weights_source="keras.applications (ImageNet)",
         feature_width=lambda a: 1280,
-        build_base=keras_app_builder(A.EfficientNetV2B0, "efficientnetv2_b0", include_preprocessing=True)))
+        build_base=keras_app_builder(A.EfficientNetV2B0, "efficientnetv2_b0", include_preprocessing=True),
+        build_classifier=keras_app_builder(A.EfficientNetV2B0, "efficientnetv2_b0", top=True,
+                                           include_preprocessing=True)))
 
 
 # --------------------------------------------------------------------------- TF Hub
