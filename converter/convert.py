@@ -124,6 +124,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     # Keras reference on the same pixels the device will see
     from trainer.data.pipeline import load_arrays
     x_test = load_arrays(test_paths, size, method)
+    x_draft = load_arrays(test_paths, size, method, draft=True)  # what JPEG draft decoding gives the device
     keras_probs = model.predict(x_test.astype(np.float32), batch_size=32, verbose=0)
     keras_pred = keras_probs.argmax(1)
     keras_acc = float((keras_pred == test_y).mean()) if len(test_y) else 0.0
@@ -157,13 +158,19 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             clf.resize_method, clf.probabilities = method, prec != "int8"
             pred = np.array([clf.invoke(clf.preprocess(x)).argmax() for x in x_test], dtype=np.int64)
             acc = float((pred == test_y).mean()) if len(test_y) else 0.0
+            pred_d = np.array([clf.invoke(clf.preprocess(x)).argmax() for x in x_draft], dtype=np.int64)
+            acc_d = float((pred_d == test_y).mean()) if len(test_y) else 0.0
             rep = graph_report(clf.interpreter)
             i = clf.interpreter.get_input_details()[0]
             o = clf.interpreter.get_output_details()[0]
             ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
                    "drop_points": round(100 * (keras_acc - acc), 3),
                    "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
-                   "conversion_s": round(secs, 2), **rep}
+                   "conversion_s": round(secs, 2),
+                   "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode":
+                                  float((pred_d == pred).mean()) if len(test_y) else 1.0,
+                                  "changed_images": int((x_draft != x_test).any(axis=(1, 2, 3)).sum())},
+                   **rep}
             artifacts.append({
                 "file": names[prec], "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                 "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
@@ -179,7 +186,10 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     manifest = {
         "format": FORMAT,
         "labels": labels, "labels_file": "labels.txt",
-        "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method},
+        "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method,
+                  # draft JPEG decoding is allowed on the device only when it costs no accuracy here
+                  "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
+                                    <= max_drop / 100 for a in artifacts)},
         "backbone": cfg.get("backbone", {}),
         "source_run": str(run.resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -37,6 +37,8 @@ class Classifier:
             self.resize_method = self.manifest.resize
             self.precision = art.precision
             self.probabilities = art.output.get("probabilities", True)
+            # JPEG draft decoding only where the converter verified it changes no accuracy
+            self.draft = bool(self.manifest.data["input"].get("jpeg_draft", False))
         elif p.is_file():
             # a bare .tflite: labels and facts embedded by the converter, else a labels.txt beside it
             path = p
@@ -47,6 +49,7 @@ class Classifier:
             self.resize_method = info.get("resize", RESIZE_METHOD)
             self.probabilities = bool(info.get("probabilities", True))
             self.precision = None
+            self.draft = False
         else:
             raise UserError(f"{p}: no such model file or deploy folder")
         self.path = path
@@ -65,8 +68,10 @@ class Classifier:
             raise UserError(f"{path}: model has {n} outputs but {len(self.labels)} labels")
 
     # -- preprocessing: resize only; the model does the rest
-    def preprocess(self, image: ImageInput, draft: bool = False) -> np.ndarray:
-        x = load_image(image, self.size, self.resize_method, draft=draft)
+    def preprocess(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
+        """Resize (and quantize) one image; ``draft`` (default: the manifest's verified choice)
+        decodes JPEG files at a reduced DCT scale first, which is faster for large photos."""
+        x = load_image(image, self.size, self.resize_method, draft=self.draft if draft is None else draft)
         if self.input_dtype == np.float32:
             return x.astype(np.float32)[None]
         if self.in_scale and (abs(self.in_scale - 1.0) > 1e-3 or self.in_zero != 0 or self.input_dtype != np.uint8):
@@ -87,10 +92,10 @@ class Classifier:
             y = e / e.sum()
         return y
 
-    def predict(self, image: ImageInput, draft: bool = False) -> np.ndarray:
+    def predict(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
         return self.invoke(self.preprocess(image, draft))
 
-    def classify(self, image: ImageInput, top_k: int = 5, draft: bool = False) -> list[tuple[str, float]]:
+    def classify(self, image: ImageInput, top_k: int = 5, draft: bool | None = None) -> list[tuple[str, float]]:
         p = self.predict(image, draft)
         order = np.argsort(-p, kind="stable")[:top_k]
         return [(self.labels[i], float(p[i])) for i in order]

@@ -25,14 +25,41 @@ from .image import is_image_file
 @click.option("--threads", type=int, help="Interpreter threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--no-verify", is_flag=True, help="Skip the artifact's sha256 check against the manifest.")
-def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify):
-    """Classify IMAGES with the model in DEPLOY (the converter's folder, or a .tflite file)."""
+@click.option("--video", type=click.Path(), help="Classify every frame of a video file.")
+@click.option("--camera", help="Live camera: an OpenCV index (0, 1, ...) or 'picamera'.")
+@click.option("--max-frames", type=int, help="Stop a video/camera stream after N frames.")
+@click.option("--draft/--no-draft", default=None,
+              help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
+@click.option("--benchmark", is_flag=True, help="Latency report (raw invoke and end-to-end) per thread count.")
+@click.option("--runs", default=50, show_default=True, help="Timed runs per --benchmark row.")
+def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify,
+        video, camera, max_frames, draft, benchmark, runs):
+    """Classify IMAGES with the model in DEPLOY (the converter's folder, or a .tflite file).
+
+    \b
+    edge-predict DEPLOY photo.jpg more.jpg      photos
+    edge-predict DEPLOY --dir photos/           every image under a folder
+    edge-predict DEPLOY --video clip.mp4        every frame of a video
+    edge-predict DEPLOY --camera 0              live camera (Ctrl-C stops, prints a summary)
+    edge-predict DEPLOY --eval RUN/split/test.tsv   accuracy on labelled photos
+    edge-predict DEPLOY --benchmark --json      latency on this device
+    """
     from .classifier import Classifier
 
     try:
+        if benchmark:
+            from .benchmark import benchmark as run_bench, format_table
+            rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
+                            runs=runs, verify=not no_verify)
+            click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))
+            return
         clf = Classifier(deploy, threads=threads, precision=precision, verify=not no_verify)
+        if draft is not None:
+            clf.draft = draft
         if eval_src:
             sys.exit(_eval(clf, Path(eval_src), data_root, as_json))
+        if video or camera is not None:
+            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json))
         files = [Path(p) for p in images]
         if folder:
             files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
@@ -62,6 +89,29 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         sys.exit(1)
 
 
+def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:
+    from .stream import camera_frames, run_stream, video_frames
+
+    frames = video_frames(video) if video else camera_frames(camera)
+    live = video is None
+
+    def show(n, top, ms):
+        top = [(l, s) for l, s in top if s >= threshold]
+        if as_json:
+            click.echo(json.dumps({"frame": n, "top_k": [{"label": l, "score": round(s, 5)} for l, s in top],
+                                   "latency_ms": round(ms, 3)}))
+        else:
+            click.echo(f"frame {n}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ms:.1f} ms)")
+    stats = run_stream(clf, frames, show, max_frames=max_frames, live=live, top_k=top_k)
+    s = stats.summary()
+    if as_json:
+        click.echo(json.dumps({"summary": s}))
+    else:
+        click.echo(f"{s['frames']} frames in {s['seconds']:.1f}s, {s['fps']:.1f} fps; invoke latency median "
+                   f"{s['latency_ms']['median']:.1f} ms, p90 {s['latency_ms']['p90']:.1f} ms", err=True)
+    return 0
+
+
 def _eval(clf, src: Path, data_root, as_json) -> int:
     """Accuracy of the artifact on a folder-per-class set or a saved split list."""
     from .filelist import read_file_list
@@ -79,7 +129,7 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
         raise UserError(f"{src}: classes {unknown} are not among the model's labels")
     correct = 0
     for p, c in items:
-        correct += int(clf.predict(p).argmax() == index[c])
+        correct += int(clf.predict(p, draft=False).argmax() == index[c])  # as the converter verified
     acc = correct / max(len(items), 1)
     if as_json:
         click.echo(json.dumps({"eval": str(src), "n": len(items), "accuracy": acc, "artifact": str(clf.path)}))

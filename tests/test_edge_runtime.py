@@ -70,3 +70,90 @@ def test_unreadable_image_among_good_ones(deployed, tmp_path):
     assert r.returncode == 1
     assert str(SAMPLES / "cat.jpg") in r.stdout and str(SAMPLES / "dog.jpg") in r.stdout
     assert str(bad) in r.stderr
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 10-frame 640x480 video written from the real sample photos."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("video") / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for p in sorted(SAMPLES.glob("*.jpg")) * 2:
+        w.write(np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB").resize((640, 480)))[..., ::-1]))
+    w.release()
+    return path
+
+
+def test_video_gives_one_prediction_per_frame_and_a_summary(deployed, clip):
+    r = run_cli("edge-predict", deployed, "--video", clip, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    frames, summary = lines[:-1], lines[-1]["summary"]
+    assert [f["frame"] for f in frames] == list(range(10))
+    assert all(f["top_k"][0]["label"] in {"dotted", "leopard", "striped"} and f["latency_ms"] > 0 for f in frames)
+    assert summary["frames"] == 10 and summary["fps"] > 0 and summary["latency_ms"]["p90"] >= summary["latency_ms"]["median"]
+
+
+def test_video_frames_match_classifying_the_same_frame_directly(deployed, clip):
+    """Frames go through the same resize as photos: the stream's scores equal a direct call's."""
+    import numpy as np
+
+    from edge_runtime import Classifier
+    from edge_runtime.stream import run_stream, video_frames
+
+    clf = Classifier(deployed)
+    direct = [clf.classify(np.ascontiguousarray(f), 3) for f in video_frames(clip)]
+    streamed = {}
+    run_stream(clf, video_frames(clip), lambda n, top, ms: streamed.__setitem__(n, top), max_frames=4)
+    assert sorted(streamed) == [0, 1, 2, 3]
+    for n, top in streamed.items():
+        assert [l for l, _ in top] == [l for l, _ in direct[n]]
+        np.testing.assert_allclose([s for _, s in top], [s for _, s in direct[n]], rtol=1e-6)
+
+
+def test_max_frames_stops_the_stream(deployed, clip):
+    r = run_cli("edge-predict", deployed, "--video", clip, "--max-frames", "3", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["summary"]["frames"] == 3
+
+
+@pytest.mark.parametrize("source", ["7", "picamera"])
+def test_missing_camera_is_a_one_line_error(deployed, source):
+    r = run_cli("edge-predict", deployed, "--camera", source)
+    assert r.returncode == 2 and r.stdout == ""
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "camera" in errors[0]
+    assert not [l for l in r.stderr.splitlines() if "Traceback" in l or "WARN" in l]
+
+
+def test_unreadable_video_is_named(deployed, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video" * 100)
+    r = run_cli("edge-predict", deployed, "--video", bad)
+    assert r.returncode == 2 and str(bad) in r.stderr.splitlines()[-1]
+
+
+def test_benchmark_reports_raw_and_end_to_end_latency_per_artifact_and_thread_count(deployed):
+    r = run_cli("edge-predict", deployed, "--benchmark", "--runs", "5", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    assert rep["kind"] == "edgetl-device-benchmark/1" and rep["machine"]["cores"] >= 1
+    man = json.loads((deployed / "manifest.json").read_text())
+    shas = {a["precision"]: a["sha256"] for a in man["artifacts"]}
+    assert {row["precision"] for row in rep["rows"]} == set(shas)
+    for row in rep["rows"]:
+        assert row["sha256"] == shas[row["precision"]]       # how `edgetl bench merge` joins accuracy
+        assert row["raw_ms"]["runs"] == 5 and 0 < row["raw_ms"]["median"] <= row["raw_ms"]["p90"]
+        assert row["end_to_end_ms"]["median"] > 0
+
+
+def test_converter_verifies_jpeg_draft_decoding_before_the_device_uses_it(deployed):
+    m = json.loads((deployed / "manifest.json").read_text())
+    for a in m["artifacts"]:
+        d = a["verification"]["jpeg_draft"]
+        assert 0 <= d["accuracy"] <= 1 and 0 <= d["agreement_with_full_decode"] <= 1
+    ok = all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"]) <= 0.01
+             for a in m["artifacts"])
+    assert m["input"]["jpeg_draft"] is ok

@@ -60,12 +60,13 @@ def augmenter(seed: int = 0):
     ], name="augment")
 
 
-def load_arrays(paths, size: int, method: str = RESIZE_METHOD, workers: int = 4) -> np.ndarray:
-    """All images of a (small) list as one uint8 array, decoded in parallel without TensorFlow."""
+def load_arrays(paths, size: int, method: str = RESIZE_METHOD, workers: int = 4, draft: bool = False) -> np.ndarray:
+    """All images of a (small) list as one uint8 array, decoded in parallel without TensorFlow
+    (``draft``: JPEG DCT-scaled decoding, as the device may use)."""
     from concurrent.futures import ThreadPoolExecutor
 
     out = np.empty((len(paths), size, size, 3), np.uint8)
     with ThreadPoolExecutor(workers) as pool:
-        for i, arr in enumerate(pool.map(lambda p: load_image(p, size, method), paths)):
+        for i, arr in enumerate(pool.map(lambda p: load_image(p, size, method, draft=draft), paths)):
             out[i] = arr
     return out
