@@ -68,6 +68,11 @@ def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) 
         return _converter(Path(tmp) / "sm", precision, io, calib).convert()
 
 
+def _class_avg(pred: np.ndarray, y: np.ndarray) -> float:
+    accs = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
+    return float(np.mean(accs)) if accs else 0.0
+
+
 def _atomic_write(path: Path, data: bytes):
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as f:
@@ -164,6 +169,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             i = clf.interpreter.get_input_details()[0]
             o = clf.interpreter.get_output_details()[0]
             ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
+                   "class_avg_accuracy": _class_avg(pred, test_y),
                    "drop_points": round(100 * (keras_acc - acc), 3),
                    "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
                    "conversion_s": round(secs, 2),

@@ -48,6 +48,7 @@ def cli():
       edgetl convert RUN --int8         .tflite + labels + manifest, verified
       edge-predict RUN/deploy photo.jpg on the device (no TensorFlow)
       edgetl imagenet photo.jpg         a backbone's own ImageNet classifier (weights check)
+      edgetl bench --preset ci          accuracy vs latency per backbone x precision
       edgetl demo                       all of it on a synthetic dataset, offline
     """
 
@@ -243,6 +244,89 @@ def imagenet(images, backbone, weights, alpha, size, labels, top_k, as_json):
             click.echo(json.dumps({"file": path, "top_k": [{"label": n, "score": round(p, 5)} for n, p in top]}))
         else:
             click.echo(f"{path}: " + ", ".join(f"{n} {p:.3f}" for n, p in top))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--preset", help="ci | full | a preset JSON file (benchmarks/presets/).")
+@click.option("--data", help="Data folder (overrides the preset's).")
+@click.option("--backbones", help="Comma list of NAME[:ALPHA][@SIZE], e.g. mobilenet_v2:0.35@128,efficientnet_lite0.")
+@click.option("--weights", help="Weights for the --backbones rows: imagenet | none | PATH.")
+@click.option("--precisions", help="Comma list of fp32,fp16,dynamic,int8 (default: the preset's, else all four).")
+@click.option("--reuse", multiple=True, type=click.Path(file_okay=False),
+              help="A trained run to use for its backbone row instead of training (repeatable).")
+@click.option("--budget-ms", type=float, help="Name the most accurate artifact within this end-to-end latency.")
+@click.option("--out", type=click.Path(file_okay=False), help="Report folder (default bench-<preset>).")
+@click.pass_context
+@friendly
+def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, out):
+    """Accuracy against latency for each backbone x precision: train, convert, verify, time; writes
+    report.md / .csv / .json and accuracy_vs_latency.png. Exits 1 when an artifact fails verification."""
+    if ctx.invoked_subcommand:
+        return
+    from benchmarks.bench import BenchConfig, Row, load_preset, run_bench
+    from benchmarks.report import markdown, write_report
+
+    if not preset and not (data and backbones):
+        raise click.UsageError("give --preset NAME, or --data DIR and --backbones LIST")
+    cfg = load_preset(preset) if preset else BenchConfig(data=data, rows=[])
+    if data:
+        cfg.data = data
+    if backbones:
+        cfg.rows = [_row_spec(s, weights or "imagenet", Row) for s in backbones.split(",") if s.strip()]
+    if precisions:
+        cfg.precisions = [p.strip() for p in precisions.split(",")]
+    out = out or f"bench-{cfg.name}"
+    rep = run_bench(cfg, out, reuse=list(reuse))
+    write_report(rep, out, budget_ms)
+    click.echo(markdown(rep, budget_ms))
+    failed = [r for r in rep["rows"] if r["status"] != "ok"]
+    if failed:
+        click.echo(f"error: {len(failed)} row(s) failed: " + "; ".join(f"{r['row']} {r['precision']}: {r['status']}"
+                                                                  for r in failed), err=True)
+        sys.exit(1)
+
+
+def _row_spec(text: str, weights: str, Row):
+    name, _, size = text.strip().partition("@")
+    name, _, alpha = name.partition(":")
+    try:
+        return Row(backbone=name, alpha=float(alpha) if alpha else None, size=int(size) if size else None,
+                   weights=weights)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected NAME[:ALPHA][@SIZE]") from None
+
+
+@bench.command("merge")
+@click.argument("accuracy", type=click.Path(dir_okay=False, exists=True))
+@click.argument("devices", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--out", default="bench-devices", show_default=True, type=click.Path(file_okay=False))
+@click.option("--budget-ms", type=float)
+@friendly
+def bench_merge(accuracy, devices, out, budget_ms):
+    """Join a bench report (ACCURACY = its report.json) with `edge-predict DEPLOY --benchmark --json`
+    outputs from devices: one report per device, in OUT/<device-file-name>/."""
+    from pathlib import Path
+
+    from benchmarks.report import markdown, merge, write_report
+
+    acc = _read_json(accuracy, "edgetl-bench/1")
+    for d in devices:
+        dev = _read_json(d, "edgetl-device-benchmark/1")
+        rep = merge(acc, dev)
+        folder = Path(out) / Path(d).stem
+        write_report(rep, folder, budget_ms)
+        click.echo(f"## {Path(d).name} -> {folder}\n")
+        click.echo(markdown(rep, budget_ms))
+
+
+def _read_json(path, kind):
+    try:
+        data = json.loads(open(path).read())
+    except ValueError as e:
+        raise UserError(f"{path}: not JSON ({e})") from None
+    if data.get("kind") != kind:
+        raise UserError(f"{path}: not a {kind} file (kind {data.get('kind')!r})")
+    return data
 
 
 @cli.command("backbones")

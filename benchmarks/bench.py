@@ -1,0 +1,221 @@
+"""`edgetl bench`: accuracy against latency for each backbone x precision, in one process.
+
+For each backbone row of a preset: train (cached-feature head; or reuse a given run), convert
+every precision through the converter (which verifies each artifact on the held-out test split),
+then time every artifact with the edge runtime on this machine. All rows share one data set,
+one split and one process, so latencies compare; the report also gives ratios to a reference row.
+Presets are JSON files in ``benchmarks/presets/``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge_runtime.errors import UserError
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass
+class Row:
+    backbone: str
+    alpha: float | None = None
+    size: int | None = None
+    weights: str = "imagenet"
+    run: str | None = None            # reuse this trained run instead of training
+    latency_only: bool = False        # no pretrained weights offline: time it, do not rank its accuracy
+    subset_per_class: int | None = None  # train this row on fewer images (latency-only rows)
+
+    @property
+    def name(self) -> str:
+        a = f"-a{self.alpha:g}" if self.alpha is not None else ""
+        s = f"-{self.size}" if self.size else ""
+        return f"{self.backbone}{a}{s}"
+
+
+@dataclass
+class BenchConfig:
+    data: str
+    rows: list[Row]
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "fp16", "dynamic", "int8"])
+    name: str = "custom"
+    subset_per_class: int | None = None   # stratified subset of DATA (CI)
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    max_int8_drop: float = 1.0            # points; more is a verification failure
+    min_agreement: float = 0.0            # int8 vs Keras top-1 agreement below this fails
+    calibration_samples: int = 300
+    runs: int = 50
+    warmup: int = 5
+    threads: list[int] | None = None      # default: 1 and all cores
+    reference: str | None = None          # row name + " " + precision; default the first fp32 row
+    head_epochs: int = 60
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchConfig":
+        d = dict(d)
+        d["rows"] = [Row(**r) for r in d.get("rows", [])]
+        if "fractions" in d:
+            d["fractions"] = tuple(d["fractions"])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"bench config: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fractions"] = list(self.fractions)
+        return d
+
+
+def load_preset(name_or_path: str) -> BenchConfig:
+    p = Path(name_or_path)
+    if not p.is_file():
+        p = PRESETS / f"{name_or_path}.json"
+    if not p.is_file():
+        have = ", ".join(sorted(f.stem for f in PRESETS.glob("*.json")))
+        raise UserError(f"preset {name_or_path!r} not found; choose one of {have} or give a JSON file")
+    try:
+        return BenchConfig.from_dict(json.loads(p.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{p}: not a valid bench preset ({e})") from None
+
+
+def _log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def stratified_subset(data: str, out: Path, per_class: int, seed: int) -> Path:
+    """``per_class`` random photos of each class of DATA, linked into ``out`` (same seed, same set)."""
+    from trainer.data import load_dataset
+
+    if (out / ".complete").exists():
+        return out
+    ds = load_dataset(data)
+    rng = random.Random(seed)
+    by_class: dict[str, list[Path]] = {}
+    for rec in ds.images:
+        by_class.setdefault(rec.label, []).append(ds.root / rec.rel)
+    for label, paths in sorted(by_class.items()):
+        chosen = sorted(paths)
+        rng.shuffle(chosen)
+        (out / label).mkdir(parents=True, exist_ok=True)
+        for p in chosen[:per_class]:
+            dst = out / label / p.relative_to(ds.root).as_posix().replace("/", "__")
+            if not dst.exists():
+                os.symlink(p.resolve(), dst)
+    (out / ".complete").write_text("")
+    return out
+
+
+def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path) -> tuple[Path, str]:
+    """The row's trained run and where its weights came from."""
+    from trainer.backbones import BackboneError
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    if row.run:
+        return Path(row.run), json.loads((Path(row.run) / "config.json").read_text())["backbone"].get(
+            "weights_source", "reused run")
+    run = out / "runs" / row.name
+    if (run / "metrics.json").exists():
+        src = json.loads((run / "config.json").read_text())["backbone"].get("weights_source", "")
+        return run, src
+    if row.subset_per_class:
+        data = str(stratified_subset(data, out / f"data-{row.subset_per_class}", row.subset_per_class, cfg.seed))
+    tc = TrainConfig(data=data, out=str(run), backbone=row.backbone, alpha=row.alpha, size=row.size,
+                     weights=row.weights, seed=cfg.seed, fractions=cfg.fractions, epochs=cfg.head_epochs)
+    try:
+        train(tc)
+        weights = row.weights
+    except BackboneError as e:
+        if row.weights != "imagenet" or not row.latency_only:
+            raise
+        _log(f"{row.name}: {e}\n{row.name}: timing it with random init (latency only)")
+        tc.weights = "none"
+        train(tc)
+        weights = "random init"
+    return run, weights
+
+
+def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = ()) -> dict:
+    """Train/convert/verify/time every row; writes the report files into ``out``."""
+    from converter.convert import convert
+    from edge_runtime import Classifier
+    from edge_runtime.benchmark import machine_info, time_artifact
+
+    from .report import write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = cfg.data
+    if not Path(data).exists() and not data.startswith("tfds:"):
+        raise UserError(f"{data}: data folder not found")
+    if cfg.subset_per_class:
+        data = str(stratified_subset(data, out / "data", cfg.subset_per_class, cfg.seed))
+    for r in reuse:                       # --reuse RUN: match rows by backbone/alpha/size
+        c = json.loads((Path(r) / "config.json").read_text())["backbone"]
+        for row in cfg.rows:
+            if row.backbone == c["name"] and (row.size or c["size"]) == c["size"] and \
+                    (row.alpha is None or row.alpha == c["alpha"]):
+                row.run = r
+    cores = os.cpu_count() or 1
+    threads = cfg.threads or sorted({1, cores})
+    results, t_start = [], time.time()
+    for i, row in enumerate(cfg.rows, 1):
+        _log(f"[{i}/{len(cfg.rows)}] {row.name}")
+        base = {"row": row.name, "backbone": row.backbone, "alpha": row.alpha, "latency_only": row.latency_only}
+        try:
+            run, weights = _train_row(row, cfg, data, out)
+        except UserError as e:
+            results.append({**base, "precision": "-", "status": f"train failed: {e}"})
+            continue
+        rcfg = json.loads((run / "config.json").read_text())
+        base.update(size=rcfg["backbone"]["size"], alpha=rcfg["backbone"]["alpha"], weights=weights,
+                    run=str(run))
+        deploy = run / "deploy"
+        try:
+            man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
+                          max_drop=100.0, force=True, threads=None)
+        except UserError as e:
+            results.append({**base, "precision": ",".join(cfg.precisions), "status": f"export failed: {e}"})
+            continue
+        for art in man["artifacts"]:
+            if art["precision"] not in cfg.precisions:
+                continue
+            v = art["verification"]
+            status = "ok"
+            if art["precision"] == "int8" and v["drop_points"] > cfg.max_int8_drop:
+                status = f"verification failed: int8 drop {v['drop_points']:.2f} pts > {cfg.max_int8_drop}"
+            elif art["precision"] == "int8" and v["agreement"] < cfg.min_agreement:
+                status = f"verification failed: agreement {v['agreement']:.3f} < {cfg.min_agreement}"
+            row_out = {**base, "precision": art["precision"], "status": status, "file": str(deploy / art["file"]),
+                       "sha256": art["sha256"], "size_mb": round(art["bytes"] / 1e6, 3),
+                       "accuracy": v["accuracy"], "class_avg_accuracy": v.get("class_avg_accuracy"),
+                       "keras_accuracy": v["keras_accuracy"], "drop_points": v["drop_points"],
+                       "agreement": v["agreement"], "test_n": v["n"], "fully_delegated": v["fully_delegated"],
+                       "not_delegated": v["not_delegated"], "float_ops": v["float_ops"],
+                       "ops": v["ops"], "latency": {}}
+            for n in threads:
+                clf = Classifier(deploy, threads=n, precision=art["precision"])
+                row_out["latency"][str(n)] = time_artifact(clf, cfg.runs, cfg.warmup)
+                del clf
+            results.append(row_out)
+            lat = row_out["latency"][str(threads[-1])]
+            _log(f"    {art['precision']:8s} acc {v['accuracy']:.4f}  raw {lat['raw_ms']['median']:.2f} ms "
+                 f"({threads[-1]} thr)  {status}")
+    split_note = (f"{data} ({'stratified subset ' + str(cfg.subset_per_class) + '/class of ' + cfg.data if cfg.subset_per_class else 'full'}), "
+                  f"split {'/'.join(str(int(f * 100)) for f in cfg.fractions)} seed {cfg.seed}")
+    rep = {"kind": "edgetl-bench/1", "preset": cfg.name, "config": cfg.to_dict(), "machine": machine_info(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": split_note, "threads": threads,
+           "method": {"runs": cfg.runs, "warmup": cfg.warmup, "frame": "640x480 RGB uint8 (end-to-end)",
+                      "process": "one process for all rows"},
+           "seconds": round(time.time() - t_start, 1), "rows": results}
+    write_report(rep, out)
+    return rep

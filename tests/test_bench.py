@@ -1,0 +1,93 @@
+"""`edgetl bench`: report files, Pareto front, budget, flagged traps, device merge."""
+import csv
+import json
+import shutil
+
+import pytest
+
+from benchmarks.report import best_under_budget, markdown, merge, pareto, traps
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def bench_out(small_run, synth_data, tmp_path_factory):
+    """A bench of the small run (reused, so nothing is retrained) in fp32 + int8."""
+    tmp = tmp_path_factory.mktemp("bench")
+    run = shutil.copytree(small_run, tmp / "run", ignore=shutil.ignore_patterns("deploy"))
+    out = tmp / "report"
+    r = run_cli("edgetl", "bench", "--data", synth_data, "--backbones", "mobilenet_v2:0.35@96",
+                "--precisions", "fp32,int8", "--reuse", run, "--out", out, "--budget-ms", "1000")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, r.stdout
+
+
+def test_report_has_table_csv_json_and_plot(bench_out):
+    out, stdout = bench_out
+    assert {p.name for p in out.iterdir()} >= {"report.md", "report.csv", "report.json", "accuracy_vs_latency.png"}
+    assert (out / "accuracy_vs_latency.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["precision"] for r in rows] == ["fp32", "int8"] and all(r["status"] == "ok" for r in rows)
+    assert "| backbone | size | precision |" in stdout and "machine:" in stdout and "split 80/10/10 seed 0" in stdout
+
+
+def test_rows_carry_accuracy_latency_and_delegation(bench_out):
+    rep = json.loads((bench_out[0] / "report.json").read_text())
+    assert rep["threads"][0] == 1
+    for r in rep["rows"]:
+        assert 0 <= r["accuracy"] <= 1 and r["size_mb"] > 0 and isinstance(r["fully_delegated"], bool)
+        for t in map(str, rep["threads"]):
+            lat = r["latency"][t]
+            assert lat["raw_ms"]["runs"] == 50 and lat["raw_ms"]["median"] <= lat["raw_ms"]["p90"]
+            assert lat["end_to_end_ms"]["median"] > 0
+
+
+def test_budget_names_the_most_accurate_artifact_within_it(bench_out):
+    rep = json.loads((bench_out[0] / "report.json").read_text())
+    best = best_under_budget(rep, 1000.0)
+    assert best["accuracy"] == max(r["accuracy"] for r in rep["rows"])
+    assert "Most accurate within budget" in bench_out[1]
+    assert best_under_budget(rep, 1e-6) is None
+
+
+def test_merge_uses_the_devices_latency_and_keeps_box_accuracy(bench_out, tmp_path):
+    out, _ = bench_out
+    rep = json.loads((out / "report.json").read_text())
+    deploy = rep["rows"][0]["file"].rsplit("/", 1)[0]
+    r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "7", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    dev = tmp_path / "pi5.json"
+    dev.write_text(r.stdout)
+    r = run_cli("edgetl", "bench", "merge", out / "report.json", dev, "--out", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr[-2000:]
+    merged = json.loads((tmp_path / "merged" / "pi5" / "report.json").read_text())
+    assert [m["accuracy"] for m in merged["rows"]] == [x["accuracy"] for x in rep["rows"]]
+    assert all(m["latency"]["1"]["raw_ms"]["runs"] == 7 for m in merged["rows"])
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = [(1.0, 0.80, 0), (2.0, 0.90, 1), (3.0, 0.85, 2), (4.0, 0.95, 3), (1.5, 0.70, 4)]
+    assert pareto(pts) == {0, 1, 3}
+
+
+def _rep(int8_ms, fp32_ms, not_delegated=()):
+    def row(prec, ms, nd=()):
+        return {"row": "mobilenet_v3_small-224", "backbone": "mobilenet_v3_small", "precision": prec, "status": "ok",
+                "accuracy": .5, "latency": {"1": {"raw_ms": {"median": ms, "p90": ms}, "end_to_end_ms":
+                                                  {"median": ms + 1, "p90": ms + 1}, "fps": 1}},
+                "not_delegated": list(nd), "fully_delegated": not nd, "ops": [], "size_mb": 1.0, "file": "x"}
+    return {"threads": [1], "rows": [row("fp32", fp32_ms), row("int8", int8_ms, not_delegated)],
+            "machine": {"cpu": "x", "cores": 1, "system": "L", "machine": "m", "python": "3", "runtime": "r"},
+            "data": "d",
+            "date": "now", "method": {"runs": 50, "warmup": 5, "process": "one"}, "config": {}}
+
+
+def test_int8_slower_than_fp32_is_flagged_with_the_undelegated_ops():
+    notes = traps(_rep(int8_ms=9.0, fp32_ms=5.0, not_delegated=["HARD_SWISH"]))
+    assert any("int8 is slower than fp32" in n and "HARD_SWISH" in n for n in notes)
+    assert not any("slower" in n for n in traps(_rep(int8_ms=3.0, fp32_ms=5.0)))
+    assert "## Flags" in markdown(_rep(int8_ms=9.0, fp32_ms=5.0, not_delegated=["HARD_SWISH"]))
+
+
+def test_unknown_preset_is_a_one_line_error():
+    r = run_cli("edgetl", "bench", "--preset", "nope")
+    assert r.returncode == 2 and "ci" in r.stderr and "full" in r.stderr
