@@ -51,8 +51,8 @@ def table_rows(rep: dict) -> list[dict]:
         raw_n = _lat(r, tn, "raw_ms")
         latency_only = bool(r.get("latency_only"))
         out.append({
-            "backbone": r["backbone"] + (f" {r['alpha']:g}" if r.get("alpha") and r["backbone"].startswith("mobilenet")
-                                         else ""),
+            "backbone": r["backbone"] + (f" {float(r['alpha'])}" if r.get("alpha") and
+                                         r["backbone"].startswith("mobilenet") else ""),
             "size": r.get("size"), "precision": r["precision"],
             "weights": Path(r["weights"]).name if r.get("weights") and "/" in r["weights"] else r.get("weights", "-"),
             "status": r["status"], "size_mb": r.get("size_mb"),

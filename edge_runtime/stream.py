@@ -44,17 +44,19 @@ def video_frames(path: str | Path) -> Iterator[np.ndarray]:
     if not ok:
         cap.release()
         raise UserError(f"{p}: video has no decodable frames")
+    return _rgb_frames(cap, frame)
 
-    def gen():
-        try:
-            f = frame
-            while f is not None:
-                yield f[..., ::-1]
-                ok, f = cap.read()
-                f = f if ok else None
-        finally:
-            cap.release()
-    return gen()
+
+def _rgb_frames(cap, first) -> Iterator[np.ndarray]:
+    """An opened OpenCV capture's frames as RGB, starting with the already-read ``first``."""
+    try:
+        f = first
+        while f is not None:
+            yield f[..., ::-1]
+            ok, f = cap.read()
+            f = f if ok else None
+    finally:
+        cap.release()
 
 
 def camera_frames(source: str) -> Iterator[np.ndarray]:
@@ -90,17 +92,7 @@ def camera_frames(source: str) -> Iterator[np.ndarray]:
         cap.release()
         raise UserError(f"camera {index}: no camera found or it gives no frames (is /dev/video{index} present "
                         "and free?); check the connection or use --video FILE")
-
-    def gen():
-        try:
-            f = frame
-            while f is not None:
-                yield f[..., ::-1]
-                ok, f = cap.read()
-                f = f if ok else None
-        finally:
-            cap.release()
-    return gen()
+    return _rgb_frames(cap, frame)
 
 
 @dataclass

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from benchmarks.report import best_under_budget, markdown, merge, pareto, traps
+from benchmarks.report import best_under_budget, markdown, pareto, traps
 from tests.conftest import run_cli
 
 
@@ -91,3 +91,12 @@ def test_int8_slower_than_fp32_is_flagged_with_the_undelegated_ops():
 def test_unknown_preset_is_a_one_line_error():
     r = run_cli("edgetl", "bench", "--preset", "nope")
     assert r.returncode == 2 and "ci" in r.stderr and "full" in r.stderr
+
+
+def test_latency_only_rows_are_not_gated_on_accuracy_but_real_rows_are():
+    from benchmarks.bench import BenchConfig, gate
+
+    cfg = BenchConfig(data="d", rows=[], max_int8_drop=1.0)
+    row = {"precision": "int8", "drop_points": 10.0, "agreement": 0.5}
+    assert gate({**row, "latency_only": True, "weights": "random init"}, cfg) == "ok"
+    assert gate({**row, "weights": "imagenet"}, cfg).startswith("verification failed")

@@ -32,6 +32,7 @@ def test_registry_has_the_promised_backbones():
     got = set(names())
     assert {"mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1",
             "efficientnet_b2", "efficientnet_b3", "efficientnetv2_b0"} <= got
+    assert {f"efficientnet_lite{i}" for i in range(5)} <= got   # the Lite family registers itself
 
 
 def test_unknown_backbone_is_refused_by_name():
