@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+
 import numpy as np
 
 from .embedded import embedded_info
@@ -54,6 +56,8 @@ class Classifier:
             raise UserError(f"{p}: no such model file or deploy folder")
         self.path = path
         self.interpreter = load_interpreter(path, threads)
+        # a single frame's resize may use every core: inference waits for it anyway
+        self.resize_workers = min(4, os.cpu_count() or 1)
         i = self.interpreter.get_input_details()[0]
         o = self.interpreter.get_output_details()[0]
         self._in, self._out = i["index"], o["index"]
@@ -68,10 +72,12 @@ class Classifier:
             raise UserError(f"{path}: model has {n} outputs but {len(self.labels)} labels")
 
     # -- preprocessing: resize only; the model does the rest
-    def preprocess(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
+    def preprocess(self, image: ImageInput, draft: bool | None = None, workers: int | None = None) -> np.ndarray:
         """Resize (and quantize) one image; ``draft`` (default: the manifest's verified choice)
-        decodes JPEG files at a reduced DCT scale first, which is faster for large photos."""
-        x = load_image(image, self.size, self.resize_method, draft=self.draft if draft is None else draft)
+        decodes JPEG files at a reduced DCT scale first, which is faster for large photos;
+        ``workers`` (default ``resize_workers``) threads share the resize of a large frame."""
+        x = load_image(image, self.size, self.resize_method, draft=self.draft if draft is None else draft,
+                       workers=self.resize_workers if workers is None else workers)
         if self.input_dtype == np.float32:
             return x.astype(np.float32)[None]
         if self.in_scale and (abs(self.in_scale - 1.0) > 1e-3 or self.in_zero != 0 or self.input_dtype != np.uint8):

@@ -127,7 +127,7 @@ def run_stream(clf, frames: Iterator[np.ndarray], on_result: Callable[[int, list
             for n, frame in enumerate(frames):
                 if stop.is_set() or (max_frames is not None and n >= max_frames):
                     break
-                item = (n, clf.preprocess(frame))
+                item = (n, clf.preprocess(frame, workers=1))  # already beside inference
                 if live:
                     try:
                         q.get_nowait()          # drop the stale frame

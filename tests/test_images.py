@@ -92,3 +92,25 @@ def test_numpy_frame_and_file_resize_identically():
     b = load_image(arr, 96)
     assert a.shape == (96, 96, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("frame,size", [((480, 640), 224), ((720, 1280), 96), ((479, 641), 128), ((400, 600), 260)])
+@pytest.mark.parametrize("workers", [2, 4])
+def test_threaded_resize_gives_the_same_pixels(frame, size, workers):
+    """A camera frame resized on several threads is bit-identical to the one-pass resize."""
+    from edge_runtime.image import _bands, _banding_is_exact
+
+    photo = Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize(frame[::-1])
+    x = np.asarray(photo)
+    parts = _bands(photo.size, (size, size), workers)
+    assert parts > 1 and _banding_is_exact(photo.size, (size, size), "bilinear", parts)  # the banded path runs
+    np.testing.assert_array_equal(load_image(x, size, workers=workers), load_image(x, size))
+
+
+def test_resize_falls_back_to_one_pass_where_bands_would_differ(monkeypatch):
+    import edge_runtime.image as im
+
+    monkeypatch.setattr(im, "_banding_is_exact", lambda *a: False)
+    monkeypatch.setattr(im, "_banded_resize", lambda *a: pytest.fail("banded path used"))
+    x = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize((640, 480)))
+    assert load_image(x, 224, workers=4).shape == (224, 224, 3)
