@@ -69,13 +69,13 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto(pts) == {0, 1, 3}
 
 
-def _rep(int8_ms, fp32_ms, not_delegated=()):
-    def row(prec, ms, nd=()):
+def _rep(int8_ms, fp32_ms, not_delegated=(), fp32_p90=None):
+    def row(prec, ms, nd=(), p90=None):
         return {"row": "mobilenet_v3_small-224", "backbone": "mobilenet_v3_small", "precision": prec, "status": "ok",
-                "accuracy": .5, "latency": {"1": {"raw_ms": {"median": ms, "p90": ms}, "end_to_end_ms":
+                "accuracy": .5, "latency": {"1": {"raw_ms": {"median": ms, "p90": p90 or ms}, "end_to_end_ms":
                                                   {"median": ms + 1, "p90": ms + 1}, "fps": 1}},
                 "not_delegated": list(nd), "fully_delegated": not nd, "ops": [], "size_mb": 1.0, "file": "x"}
-    return {"threads": [1], "rows": [row("fp32", fp32_ms), row("int8", int8_ms, not_delegated)],
+    return {"threads": [1], "rows": [row("fp32", fp32_ms, p90=fp32_p90), row("int8", int8_ms, not_delegated)],
             "machine": {"cpu": "x", "cores": 1, "system": "L", "machine": "m", "python": "3", "runtime": "r"},
             "data": "d",
             "date": "now", "method": {"runs": 50, "warmup": 5, "process": "one"}, "config": {}}
@@ -86,6 +86,16 @@ def test_int8_slower_than_fp32_is_flagged_with_the_undelegated_ops():
     assert any("int8 is slower than fp32" in n and "HARD_SWISH" in n for n in notes)
     assert not any("slower" in n for n in traps(_rep(int8_ms=3.0, fp32_ms=5.0)))
     assert "## Flags" in markdown(_rep(int8_ms=9.0, fp32_ms=5.0, not_delegated=["HARD_SWISH"]))
+
+
+def test_int8_slower_with_only_the_input_quantize_outside_blames_the_kernels_not_delegation():
+    notes = [n for n in traps(_rep(int8_ms=9.0, fp32_ms=5.0, not_delegated=["QUANTIZE"])) if "slower" in n]
+    assert len(notes) == 1 and "every compute op is in XNNPACK" in notes[0]
+
+
+def test_a_gap_within_fp32s_own_spread_is_not_called_slower():
+    assert not any("slower" in n for n in traps(_rep(int8_ms=5.8, fp32_ms=5.0, fp32_p90=6.0)))
+    assert any("slower" in n for n in traps(_rep(int8_ms=6.5, fp32_ms=5.0, fp32_p90=6.0)))
 
 
 def test_unknown_preset_is_a_one_line_error():
