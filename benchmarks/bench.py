@@ -157,7 +157,7 @@ def gate(row: dict, cfg: BenchConfig) -> str:
     return "ok"
 
 
-def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = ()) -> dict:
+def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str | None = None) -> dict:
     """Train/convert/verify/time every row; writes the report files into ``out``."""
     from converter.convert import convert
     from edge_runtime import Classifier
@@ -222,7 +222,8 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = ()) -> dict:
                  f"({threads[-1]} thr)  {status}")
     split_note = (f"{data} ({'stratified subset ' + str(cfg.subset_per_class) + '/class of ' + cfg.data if cfg.subset_per_class else 'full'}), "
                   f"split {'/'.join(str(int(f * 100)) for f in cfg.fractions)} seed {cfg.seed}")
-    rep = {"kind": "edgetl-bench/1", "preset": cfg.name, "config": cfg.to_dict(), "machine": machine_info(),
+    rep = {"kind": "edgetl-bench/1", "preset": cfg.name, "command": command, "config": cfg.to_dict(),
+           "machine": machine_info(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": split_note, "threads": threads,
            "method": {"runs": cfg.runs, "warmup": cfg.warmup, "frame": "640x480 RGB uint8 (end-to-end)",
                       "process": "one process for all rows"},

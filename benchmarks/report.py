@@ -151,7 +151,10 @@ def markdown(rep: dict, budget_ms: float | None = None) -> str:
     m = rep["machine"]
     tn = rep["threads"][-1]
     ref = reference_row(rep)
-    lines = [f"# edgetl bench: {rep.get('preset', '')}", "",
+    lines = [f"# edgetl bench: {rep.get('preset', '')}", ""]
+    if rep.get("command"):
+        lines.append(f"- command: `{rep['command']}`")
+    lines += [
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['system']} {m['machine']}, Python {m['python']}, "
              f"runtime {m['runtime']} ({', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())})",
              f"- data: {rep['data']}", f"- date: {rep['date']}",

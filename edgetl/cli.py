@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 
 import click
@@ -276,7 +277,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
     if precisions:
         cfg.precisions = [p.strip() for p in precisions.split(",")]
     out = out or f"bench-{cfg.name}"
-    rep = run_bench(cfg, out, reuse=list(reuse))
+    rep = run_bench(cfg, out, reuse=list(reuse), command=shlex.join(["edgetl", *sys.argv[1:]]))
     write_report(rep, out, budget_ms)
     click.echo(markdown(rep, budget_ms))
     failed = [r for r in rep["rows"] if r["status"] != "ok"]

@@ -110,3 +110,9 @@ def test_latency_only_rows_are_not_gated_on_accuracy_but_real_rows_are():
     row = {"precision": "int8", "drop_points": 10.0, "agreement": 0.5}
     assert gate({**row, "latency_only": True, "weights": "random init"}, cfg) == "ok"
     assert gate({**row, "weights": "imagenet"}, cfg).startswith("verification failed")
+
+
+def test_report_names_the_command_that_made_it():
+    rep = _rep(int8_ms=3.0, fp32_ms=5.0)
+    rep["command"] = "edgetl bench --preset full --out x"
+    assert "- command: `edgetl bench --preset full --out x`" in markdown(rep)
