@@ -58,7 +58,8 @@ def stream_vs_raw(deploy, precision, threads: int, frames: int) -> dict:
     single = _median_ms(lambda: clf.classify(data[0], 5), frames)
     prep = _median_ms(lambda: clf.preprocess(data[0]), frames)   # 640x480 -> model size (+ quantize)
     prep1 = _median_ms(lambda: clf.preprocess(data[0], workers=1), frames)
-    return {"threads": threads, "preprocess_ms": round(prep, 3), "preprocess_one_thread_ms": round(prep1, 3), "raw_invoke_ms": round(raw, 3), "raw_rate_fps": round(1000 / raw, 2),
+    return {"threads": threads, "preprocess_ms": round(prep, 3), "preprocess_one_thread_ms": round(prep1, 3),
+            "raw_invoke_ms": round(raw, 3), "raw_rate_fps": round(1000 / raw, 2),
             "stream_fps": round(fps, 2), "stream_over_raw": round(fps / (1000 / raw), 3),
             "single_frame_end_to_end_ms": round(single, 3), "overhead_ms": round(single - raw, 3)}
 

@@ -1,9 +1,8 @@
 """`Classifier`: a deploy folder (or a .tflite) -> top-k labels for photos and camera frames."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import numpy as np
 

@@ -135,10 +135,6 @@ def _bands(src: tuple[int, int], dst: tuple[int, int], workers: int) -> int:
     return 4 if workers >= 4 and dst[1] >= 8 else 2 if dst[1] >= 2 else 1
 
 
-def _band_rows(h: int, parts: int) -> list[int]:
-    return [h * i // parts for i in range(parts + 1)]
-
-
 def _banded_resize(img: Image.Image, size: tuple[int, int], method: str, parts: int) -> np.ndarray:
     """Each band is resized from the full source (``box`` keeps the filter's support reaching
     across band edges), so the bands join into exactly the one-pass result."""
@@ -147,7 +143,7 @@ def _banded_resize(img: Image.Image, size: tuple[int, int], method: str, parts: 
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="edgetl-resize")
     (W, H), (w, h) = img.size, size
-    rows = _band_rows(h, parts)
+    rows = [h * i // parts for i in range(parts + 1)]
 
     def band(i):
         return img.resize((w, rows[i + 1] - rows[i]), _FILTERS[method],
