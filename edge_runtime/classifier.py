@@ -8,7 +8,7 @@ import numpy as np
 
 from .embedded import embedded_info
 from .errors import UserError
-from .image import RESIZE_METHOD, ImageInput, load_image
+from .image import RESIZE_METHOD, ImageInput, check_resize_method, load_image
 from .interpreter import load_interpreter
 from .manifest import NAME, load_manifest, sha256_file
 
@@ -53,6 +53,7 @@ class Classifier:
             self.draft = False
         else:
             raise UserError(f"{p}: no such model file or deploy folder")
+        check_resize_method(self.resize_method)  # a newer converter's method: say so before loading
         self.path = path
         self.interpreter = load_interpreter(path, threads)
         # a single frame's resize may use every core: inference waits for it anyway

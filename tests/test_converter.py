@@ -136,3 +136,41 @@ def test_mediapipe_image_classifier_names_the_same_classes(deployed, small_run):
             px = np.ascontiguousarray(load_image(p, clf.size, clf.resize_method))
             got = mpc.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=px))
             assert got.classifications[0].categories[0].category_name == clf.classify(px, 1)[0][0], p
+
+
+def test_a_runs_resize_choice_travels_to_the_device(synth_data, tmp_path):
+    """--resize at training is what feature caching, calibration, verification and the device
+    all use: the manifest records it and the Classifier resizes frames with it."""
+    from edge_runtime import Classifier
+    from edge_runtime.image import load_image
+    from tests.conftest import SAMPLES, WEIGHTS
+
+    run = tmp_path / "run"
+    r = run_cli("edgetl", "train", synth_data, "--out", run, "--alpha", "0.35", "--size", "96", "--epochs", "5",
+                "--resize", "reduce-nearest", "--weights", WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["input"]["resize"] == "reduce-nearest"
+    r = run_cli("edgetl", "convert", run, "--fp32")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((run / "deploy" / "manifest.json").read_text())
+    assert m["input"]["resize"] == "reduce-nearest"
+    clf = Classifier(run / "deploy")
+    frame = np.asarray(load_image(SAMPLES / "cat.jpg", 227))
+    frame = np.concatenate([frame, frame[::-1]], axis=0)  # 454x227: a frame that really shrinks
+    np.testing.assert_array_equal(clf.preprocess(frame)[0], load_image(frame, 96, "reduce-nearest"))
+    assert not np.array_equal(clf.preprocess(frame)[0], load_image(frame, 96, "bilinear"))
+    r = run_cli("edge-predict", run / "deploy", "--eval", run / "split" / "test.tsv", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["accuracy"] == m["artifacts"][0]["verification"]["accuracy"]
+
+
+def test_a_manifest_with_an_unknown_resize_is_refused_by_name(deployed, tmp_path):
+    from edge_runtime import Classifier
+    from edge_runtime.errors import UserError
+
+    d = shutil.copytree(deployed, tmp_path / "deploy")
+    m = json.loads((d / "manifest.json").read_text())
+    m["input"]["resize"] = "lanczos9"
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="'lanczos9' is unknown.*upgrade edgetl"):
+        Classifier(d)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_runtime.errors import UserError
 from edge_runtime.image import ImageError, load_image, open_image
 from tests.conftest import SAMPLES
 
@@ -114,3 +115,37 @@ def test_resize_falls_back_to_one_pass_where_bands_would_differ(monkeypatch):
     monkeypatch.setattr(im, "_banded_resize", lambda *a: pytest.fail("banded path used"))
     x = np.asarray(Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize((640, 480)))
     assert load_image(x, 224, workers=4).shape == (224, 224, 3)
+
+
+def test_reduce_nearest_averages_before_it_picks():
+    """Pixel-fine detail (a one-pixel checkerboard) comes out as its average grey, where plain
+    nearest keeps whichever colour each sample lands on."""
+    board = (np.indices((480, 640)).sum(0) % 2 * 255).astype(np.uint8)
+    fast, plain = load_image(board, 224, "reduce-nearest"), load_image(board, 224, "nearest")
+    assert fast.shape == (224, 224, 3) and abs(fast.mean() - 127.5) <= 1 and fast.std() < 1
+    assert plain.std() > 100
+
+
+def test_reduce_nearest_is_the_same_for_a_frame_and_its_file(tmp_path):
+    frame = np.asarray(Image.open(SAMPLES / "cat.jpg").convert("RGB").resize((640, 480)))
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    np.testing.assert_array_equal(load_image(frame, 224, "reduce-nearest", workers=2),
+                                  load_image(tmp_path / "frame.png", 224, "reduce-nearest"))
+
+
+@pytest.mark.parametrize("frame,size", [((480, 640), 224), ((720, 1280), 96), ((479, 641), 128), ((400, 600), 260),
+                                        ((1080, 1920), 224), ((96, 300), 128)])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_reduce_nearest_is_pillows_reduce_then_nearest_in_any_number_of_bands(frame, size, workers):
+    """Whatever the threads and whether a frame or a PIL image, the pixels are Pillow's whole-image
+    reduce followed by Pillow's NEAREST, partial edge blocks and tie rounding included."""
+    photo = Image.open(SAMPLES / "parrot.jpg").convert("RGB").resize(frame[::-1])
+    fx, fy = max(1, frame[1] // size), max(1, frame[0] // size)
+    want = np.asarray(photo.reduce((fx, fy)).resize((size, size), Image.Resampling.NEAREST))
+    np.testing.assert_array_equal(load_image(np.asarray(photo), size, "reduce-nearest", workers=workers), want)
+    np.testing.assert_array_equal(load_image(photo, size, "reduce-nearest", workers=workers), want)
+
+
+def test_unknown_resize_method_says_to_upgrade():
+    with pytest.raises(UserError, match="'lanczos9' is unknown.*upgrade edgetl"):
+        load_image(np.zeros((50, 50, 3), np.uint8), 32, "lanczos9")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import UserError
-from edge_runtime.image import RESIZE_METHOD
+from edge_runtime.image import check_resize_method
 
 from . import rundir as R
 from .backbones import get_backbone
@@ -72,7 +72,7 @@ def class_weights(y: np.ndarray, n: int, mode: str) -> dict | None:
 
 # ------------------------------------------------------------------------- features
 def _cache_key(cfg: TrainConfig, paths: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([cfg.backbone, cfg.alpha, cfg.size, cfg.weights, RESIZE_METHOD]).encode())
+    h = hashlib.sha256(json.dumps([cfg.backbone, cfg.alpha, cfg.size, cfg.weights, cfg.resize]).encode())
     for p in paths:
         h.update(p.encode())
     return h.hexdigest()[:16]
@@ -86,7 +86,7 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str)
     if f.exists():
         return np.load(f)
     t = time.time()
-    ds = image_dataset(paths, size=cfg.size, batch_size=cfg.batch_size)
+    ds = image_dataset(paths, size=cfg.size, batch_size=cfg.batch_size, method=cfg.resize)
     feats = parts.features.predict(ds, verbose=0 if not paths else _verbose()).astype(np.float32)
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_name(f.name + ".tmp.npy")
@@ -201,7 +201,8 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
             v.assign(a)
         _log(f"resuming fine-tuning after epoch {start}")
     keras.utils.set_random_seed(cfg.seed + 1000 + start)
-    train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, shuffle=True, seed=cfg.seed + start,
+    train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True,
+                             seed=cfg.seed + start,
                              cache=len(paths) * cfg.size ** 2 * 3 < 3e9,
                              augment=augmenter(cfg.seed) if cfg.augment else None, num_classes=n)
     replicas = strategy.num_replicas_in_sync
@@ -209,12 +210,15 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
         # tf.distribute needs batches that split evenly across replicas: drop the ragged end
         # (fewer than one batch of images per epoch; validation keeps all but < replicas).
         vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas))
-        train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, shuffle=True, seed=cfg.seed + start,
-                                 cache=True, augment=augmenter(cfg.seed) if cfg.augment else None,
+        train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True,
+                                 seed=cfg.seed + start, cache=True,
+                                 augment=augmenter(cfg.seed) if cfg.augment else None,
                                  num_classes=n, drop_remainder=len(paths) >= cfg.batch_size)
-        val_ds = image_dataset(vpaths, vy, cfg.size, vbatch, cache=True, num_classes=n, drop_remainder=True)
+        val_ds = image_dataset(vpaths, vy, cfg.size, vbatch, method=cfg.resize, cache=True, num_classes=n,
+                               drop_remainder=True)
     else:
-        val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, cache=True, num_classes=n)
+        val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, method=cfg.resize, cache=True,
+                               num_classes=n)
     cw = class_weights(y, n, cfg.class_weights)
 
     class Checkpoint(keras.callbacks.Callback):
@@ -295,6 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             _log(f"{run}: already finished")
             return R.read_json(run / R.METRICS)
     spec = resolve(cfg)
+    check_resize_method(cfg.resize)
     from .hardware import setup
     from .model import build
     strategy, facts = setup(cfg.strategy, cfg.mixed_precision)
@@ -313,7 +318,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "name": spec.name, "family": spec.family, "size": cfg.size, "alpha": cfg.alpha,
         "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
         "weights_source": spec.weights_source if cfg.weights == "imagenet" else cfg.weights},
-        "input": {"size": cfg.size, "range": [0, 255], "color": "RGB", "resize": RESIZE_METHOD},
+        "input": {"size": cfg.size, "range": [0, 255], "color": "RGB", "resize": cfg.resize},
         "hardware": facts})
     if not resume:
         _set_state(run, phase="started")
