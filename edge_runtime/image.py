@@ -179,14 +179,7 @@ def _reduce_nearest(img: Image.Image | np.ndarray, src: tuple[int, int], size: t
             part = part.reduce((fx, fy))
         return np.asarray(part.resize((w, len(blocks)), Image.Resampling.NEAREST))  # rows stay 1:1
 
-    if parts == 1:
-        return band(0)
-    futures = [_get_pool().submit(band, i) for i in range(1, parts)]
-    out = np.empty((h, w, 3), np.uint8)
-    out[rows[0]:rows[1]] = band(0)                          # the calling thread takes the first band
-    for i, f in enumerate(futures, start=1):
-        out[rows[i]:rows[i + 1]] = f.result()
-    return out
+    return band(0) if parts == 1 else _join_bands(band, rows, w)
 
 
 # Below this many source pixels a thread hand-off costs more than it saves.
@@ -216,14 +209,20 @@ def _banded_resize(img: Image.Image, size: tuple[int, int], method: str, parts: 
     rows = [h * i // parts for i in range(parts + 1)]
 
     def band(i):
-        return img.resize((w, rows[i + 1] - rows[i]), _FILTERS[method],
-                          box=(0, rows[i] * H / h, W, rows[i + 1] * H / h))
+        return np.asarray(img.resize((w, rows[i + 1] - rows[i]), _FILTERS[method],
+                                     box=(0, rows[i] * H / h, W, rows[i + 1] * H / h)))
 
-    futures = [_get_pool().submit(band, i) for i in range(1, parts)]
-    out = np.empty((h, w, 3), np.uint8)
-    out[rows[0]:rows[1]] = np.asarray(band(0))          # the calling thread takes the first band
+    return _join_bands(band, rows, w)
+
+
+def _join_bands(band, rows: list[int], w: int) -> np.ndarray:
+    """Run ``band(i)`` for each band of output ``rows`` on the pool (the calling thread takes the
+    first) and stack the results."""
+    futures = [_get_pool().submit(band, i) for i in range(1, len(rows) - 1)]
+    out = np.empty((rows[-1], w, 3), np.uint8)
+    out[rows[0]:rows[1]] = band(0)
     for i, f in enumerate(futures, start=1):
-        out[rows[i]:rows[i + 1]] = np.asarray(f.result())
+        out[rows[i]:rows[i + 1]] = f.result()
     return out
 
 
