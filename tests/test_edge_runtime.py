@@ -146,7 +146,7 @@ def test_benchmark_reports_raw_and_end_to_end_latency_per_artifact_and_thread_co
     for row in rep["rows"]:
         assert row["sha256"] == shas[row["precision"]]       # how `edgetl bench merge` joins accuracy
         assert row["raw_ms"]["runs"] == 5 and 0 < row["raw_ms"]["median"] <= row["raw_ms"]["p90"]
-        assert row["end_to_end_ms"]["median"] > 0
+        assert row["end_to_end_ms"]["median"] > 0 and row["resize"] == man["input"]["resize"]  # e2e includes it
 
 
 def test_converter_verifies_jpeg_draft_decoding_before_the_device_uses_it(deployed):
