@@ -120,7 +120,7 @@ def resize_costs(size: int, runs: int) -> dict:
             for m in RESIZE_METHODS}
 
 
-def draft_vs_full(size: int, runs: int) -> dict:
+def draft_vs_full(size: int, runs: int, method: str) -> dict:
     from edge_runtime.image import load_image
 
     out = {}
@@ -136,10 +136,10 @@ def draft_vs_full(size: int, runs: int) -> dict:
                 f = Path(tmp) / f"{i}.jpg"
                 f.write_bytes(b)
                 files.append(f)
-            full = _median_ms(lambda: [load_image(f, size) for f in files], runs) / len(files)
-            draft = _median_ms(lambda: [load_image(f, size, draft=True) for f in files], runs) / len(files)
-            diff = max(float(np.abs(load_image(f, size).astype(int) - load_image(f, size, draft=True)).mean())
-                       for f in files)
+            full = _median_ms(lambda: [load_image(f, size, method) for f in files], runs) / len(files)
+            draft = _median_ms(lambda: [load_image(f, size, method, draft=True) for f in files], runs) / len(files)
+            diff = max(float(np.abs(load_image(f, size, method).astype(int)
+                                    - load_image(f, size, method, draft=True)).mean()) for f in files)
         out[f"{w}x{h}"] = {"full_ms": round(full, 3), "draft_ms": round(draft, 3),
                            "speedup": round(full / draft, 2), "max_mean_abs_pixel_diff": round(diff, 2)}
     return out
@@ -182,7 +182,7 @@ def main(argv=None):
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "stream": [stream_vs_raw(a.deploy, a.precision, n, a.frames) for n in sorted({1, os.cpu_count() or 1})],
            "resize_methods": resize_costs(clf.size, 100),
-           "jpeg_decode": draft_vs_full(clf.size, 20),
+           "jpeg_decode": draft_vs_full(clf.size, 20, clf.resize_method),
            "peak_rss_mb": round(peak_rss_mb(a.deploy, a.precision), 1),
            "import_and_load_s": round(import_and_load_s(a.deploy, a.precision), 4)}
     one = res["stream"][0]

@@ -36,8 +36,6 @@ _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
             "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
 REDUCE_NEAREST = "reduce-nearest"
 RESIZE_METHODS = (*_FILTERS, REDUCE_NEAREST)
-# filters cheap enough that splitting the frame across threads costs more than it saves
-_UNSPLIT = ("nearest", REDUCE_NEAREST)
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
@@ -129,9 +127,11 @@ def resize(img: Image.Image | np.ndarray, size: int | tuple[int, int], method: s
         return np.asarray(img, dtype=np.uint8)
     if method == REDUCE_NEAREST:
         return _reduce_nearest(img, src, (w, h), _bands(src, (w, h), workers))
+    if method == "nearest":  # the same row gathering, no averaging; too cheap to be worth threads
+        return _reduce_nearest(img, src, (w, h), 1, reduce=False)
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
-    parts = _bands(src, (w, h), workers) if method not in _UNSPLIT else 1
+    parts = _bands(src, (w, h), workers)
     if parts > 1 and _banding_is_exact(src, (w, h), method, parts):
         return _banded_resize(img, (w, h), method, parts)
     return np.asarray(img.resize((w, h), _FILTERS[method]), dtype=np.uint8)
@@ -155,7 +155,7 @@ def _pillow_nearest_rows(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _reduce_nearest(img: Image.Image | np.ndarray, src: tuple[int, int], size: tuple[int, int],
-                    parts: int = 1) -> np.ndarray:
+                    parts: int = 1, reduce: bool = True) -> np.ndarray:
     """Pillow's reduce by the largest whole factor per axis that keeps the image at least ``size``
     (box averages; a partial last block averages the pixels it has), then Pillow's NEAREST: the
     averaging spares most of plain nearest's aliasing, at a third of bilinear's cost.
@@ -163,11 +163,12 @@ def _reduce_nearest(img: Image.Image | np.ndarray, src: tuple[int, int], size: t
     Each output row comes from one row of blocks, so each band gathers just the source rows of
     its blocks (a partial bottom block stays partial, at the end of the gathered rows), reduces
     them and keeps Pillow's columns: ``parts`` bands on threads give exactly the one-pass pixels,
-    and a numpy frame is never copied whole into Pillow.
+    and a numpy frame is never copied whole into Pillow. ``reduce=False`` is plain NEAREST, for
+    which that saves copying the rows it skips.
     """
     (W, H), (w, h) = src, size
     x = np.asarray(img, dtype=np.uint8)
-    fx, fy = max(1, W // w), max(1, H // h)
+    fx, fy = (max(1, W // w), max(1, H // h)) if reduce else (1, 1)
     ys = _pillow_nearest_rows(-(-H // fy), h)               # block row of each output row, increasing
     rows = [h * i // parts for i in range(parts + 1)]
 

@@ -136,14 +136,16 @@ def test_reduce_nearest_is_the_same_for_a_frame_and_its_file(tmp_path):
 @pytest.mark.parametrize("frame,size", [((480, 640), 224), ((720, 1280), 96), ((479, 641), 128), ((400, 600), 260),
                                         ((1080, 1920), 224), ((96, 300), 128)])
 @pytest.mark.parametrize("workers", [1, 2, 4])
-def test_reduce_nearest_is_pillows_reduce_then_nearest_in_any_number_of_bands(frame, size, workers):
+@pytest.mark.parametrize("method", ["reduce-nearest", "nearest"])
+def test_nearest_methods_are_pillows_whole_image_result_in_any_number_of_bands(frame, size, workers, method):
     """Whatever the threads and whether a frame or a PIL image, the pixels are Pillow's whole-image
-    reduce followed by Pillow's NEAREST, partial edge blocks and tie rounding included."""
+    reduce (reduce-nearest only) followed by Pillow's NEAREST, partial edge blocks and tie rounding
+    included."""
     photo = Image.open(SAMPLES / "parrot.jpg").convert("RGB").resize(frame[::-1])
-    fx, fy = max(1, frame[1] // size), max(1, frame[0] // size)
+    fx, fy = (max(1, frame[1] // size), max(1, frame[0] // size)) if method == "reduce-nearest" else (1, 1)
     want = np.asarray(photo.reduce((fx, fy)).resize((size, size), Image.Resampling.NEAREST))
-    np.testing.assert_array_equal(load_image(np.asarray(photo), size, "reduce-nearest", workers=workers), want)
-    np.testing.assert_array_equal(load_image(photo, size, "reduce-nearest", workers=workers), want)
+    np.testing.assert_array_equal(load_image(np.asarray(photo), size, method, workers=workers), want)
+    np.testing.assert_array_equal(load_image(photo, size, method, workers=workers), want)
 
 
 def test_unknown_resize_method_says_to_upgrade():
