@@ -26,11 +26,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # Decompression-bomb guard: 100 megapixels is above any phone camera in common use; a file that
 # claims more is refused before its pixels are decoded.
 MAX_PIXELS = 100_000_000
-# The resize a run records (config -> manifest) and every later stage repeats. All are Pillow's
-# integer kernels, deterministic across platforms. The default, bilinear, is antialiased when
-# shrinking and the most faithful; "reduce-nearest" box-averages by whole factors (Pillow's
-# reduce) and then takes the nearest pixel: about a third of bilinear's cost on a 640x480 frame,
-# for devices where the frame resize would otherwise be a visible share of the latency.
+# The resize a run records (config -> manifest) and every later stage repeats; all are Pillow's
+# own kernels, so the pixels follow the Pillow pinned in constraints.txt. The default, bilinear,
+# is antialiased when shrinking and the most faithful. For devices where the frame resize is a
+# visible share of the latency: "reduce-nearest" box-averages by whole factors (Pillow's reduce)
+# and then takes the nearest pixel, about a third of bilinear's cost on a 640x480 frame;
+# "nearest" alone costs about a tenth, with more aliasing.
 RESIZE_METHOD = "bilinear"
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX}
@@ -169,7 +170,7 @@ def _reduce_nearest(img: Image.Image | np.ndarray, src: tuple[int, int], size: t
     (W, H), (w, h) = src, size
     x = np.asarray(img, dtype=np.uint8)
     fx, fy = (max(1, W // w), max(1, H // h)) if reduce else (1, 1)
-    ys = _pillow_nearest_rows(-(-H // fy), h)               # block row of each output row, increasing
+    ys = _pillow_nearest_rows(-(-H // fy), h)               # block row of each output row, in order
     rows = [h * i // parts for i in range(parts + 1)]
 
     def band(i):

@@ -121,7 +121,7 @@ def data_split(source, out, fractions, seed):
 @click.option("--head", type=click.Choice(["softmax", "linear-svm"]), default="softmax", show_default=True)
 @click.option("--resize", type=click.Choice(list(RESIZE_METHODS)), default=RESIZE_METHOD, show_default=True,
               help="How photos and frames are shrunk to the input size, here and on the device. "
-                   "On a 640x480 frame reduce-nearest costs about a third of bilinear, nearest an eighth.")
+                   "On a 640x480 frame reduce-nearest costs about a third of bilinear, nearest a tenth.")
 @click.option("--epochs", default=60, show_default=True, help="Max head epochs on cached features.")
 @click.option("--fine-tune", is_flag=True, help="Phase 2: unfreeze the top blocks and train on images.")
 @click.option("--fine-tune-blocks", default=6, show_default=True)
