@@ -175,8 +175,13 @@ def main(argv=None):
 
     from edge_runtime import Classifier
     from edge_runtime.benchmark import machine_info
+    from edge_runtime.errors import UserError
 
-    clf = Classifier(a.deploy, precision=a.precision)
+    try:
+        clf = Classifier(a.deploy, precision=a.precision)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     res = {"deploy": str(a.deploy), "artifact": clf.path.name, "resize": clf.resize_method,
            "machine": machine_info(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
