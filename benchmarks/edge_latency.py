@@ -115,9 +115,11 @@ def resize_costs(size: int, runs: int) -> dict:
 
     frame = _frames(1)[0]
     cores = min(4, os.cpu_count() or 1)
-    return {m: {"one_thread_ms": round(_median_ms(lambda: load_image(frame, size, m), runs), 3),
-                f"{cores}_threads_ms": round(_median_ms(lambda: load_image(frame, size, m, workers=cores), runs), 3)}
-            for m in RESIZE_METHODS}
+
+    def cost(m, n):
+        return round(_median_ms(lambda: load_image(frame, size, m, workers=n), runs), 3)
+
+    return {m: {"one_thread_ms": cost(m, 1), f"{cores}_threads_ms": cost(m, cores)} for m in RESIZE_METHODS}
 
 
 def draft_vs_full(size: int, runs: int, method: str) -> dict:

@@ -18,7 +18,6 @@ import numpy as np
 
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
-from edge_runtime.image import RESIZE_METHOD
 from edge_runtime.interpreter import graph_report
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 
@@ -106,7 +105,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     cfg = R.read_json(run / R.CONFIG)
     labels = R.read_labels(run)
     size = int(model.inputs[0].shape[1])
-    method = cfg.get("input", {}).get("resize", RESIZE_METHOD)
+    method = R.read_resize(run)
     out = Path(out) if out else run / R.DEPLOY
     _check_writable(out)
     for leftover in out.glob(".*.partial"):

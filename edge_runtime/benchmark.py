@@ -88,7 +88,8 @@ def benchmark(deploy, precisions: list[str] | None = None, threads: list[int] | 
             clf = Classifier(p, threads=n, precision=prec, verify=verify)
             load_s = time.perf_counter() - t0
             row = {"artifact": clf.path.name, "precision": clf.precision, "threads": n,
-                   "resize": clf.resize_method, "sha256": _sha(clf), "load_s": round(load_s, 4), **time_artifact(clf, runs, warmup)}
+                   "resize": clf.resize_method, "sha256": _sha(clf), "load_s": round(load_s, 4),
+                   **time_artifact(clf, runs, warmup)}
             rows.append(row)
     return {"kind": "edgetl-device-benchmark/1", "deploy": str(p), "machine": machine_info(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "method": {"runs": runs, "warmup": warmup,

@@ -248,7 +248,8 @@ def load_image(image: ImageInput, size: int | tuple[int, int], method: str = RES
             image = np.stack([image] * 3, axis=-1)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise ImageError("<frame>", f"expected an HxWx3 RGB array, got shape {image.shape}")
-        return resize(np.ascontiguousarray(image[..., :3]).astype(np.uint8, copy=False), size, method, workers)
+        frame = np.ascontiguousarray(image[..., :3]).astype(np.uint8, copy=False)
+        return resize(frame, size, method, workers)
     if isinstance(image, Image.Image):
         return resize(to_rgb(image), size, method, workers)
     target = size if isinstance(size, int) else max(size)

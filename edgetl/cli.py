@@ -155,8 +155,9 @@ def train(data, out, backbone, alpha, size, weights, head, resize, epochs, fine_
     if not data or not out:
         raise click.UsageError("DATA and --out are required (or --resume RUN_DIR)")
     cfg = TrainConfig(data=data, out=out, backbone=backbone, alpha=alpha, size=size, weights=weights,
-                      head=head, resize=resize, epochs=epochs, fine_tune=fine_tune, fine_tune_blocks=fine_tune_blocks,
-                      fine_tune_epochs=fine_tune_epochs, fine_tune_lr=fine_tune_lr, batch_size=batch_size,
+                      head=head, resize=resize, epochs=epochs, fine_tune=fine_tune,
+                      fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
+                      fine_tune_lr=fine_tune_lr, batch_size=batch_size,
                       lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
                       class_weights=class_weights, augment=not no_augment, fractions=_fractions(fractions),
                       seed=seed, strategy=strategy, mixed_precision=mixed_precision)

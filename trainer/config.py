@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from edge_runtime.image import RESIZE_METHOD
+
 
 @dataclass
 class TrainConfig:
@@ -13,7 +15,7 @@ class TrainConfig:
     size: int | None = None             # input side; None = the backbone's native size
     weights: str = "imagenet"           # imagenet | none | PATH
     head: str = "softmax"               # softmax | linear-svm
-    resize: str = "bilinear"            # edge_runtime.image.RESIZE_METHODS; the device repeats it
+    resize: str = RESIZE_METHOD         # edge_runtime.image.RESIZE_METHODS; the device repeats it
     # phase 1: head on cached features
     epochs: int = 60
     batch_size: int = 32

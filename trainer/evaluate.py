@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import UserError
-from edge_runtime.image import RESIZE_METHOD
 
 from . import rundir as R
 from .data.pipeline import image_dataset, load_arrays
@@ -29,12 +28,6 @@ def load_run_model(run: Path):
     except Exception as e:
         raise UserError(f"{p}: cannot be loaded as a Keras model ({str(e).splitlines()[0][:120]}); "
                         "re-run training") from None
-
-
-def run_resize(run: Path) -> str:
-    """The resize the run was trained with (runs from before the choice existed used bilinear)."""
-    cfg = Path(run) / R.CONFIG
-    return R.read_json(cfg).get("input", {}).get("resize", RESIZE_METHOD) if cfg.exists() else RESIZE_METHOD
 
 
 def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -59,7 +52,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     run = Path(run)
     model = model or load_run_model(run)
     size = int(model.inputs[0].shape[1])
-    method = run_resize(run)
+    method = R.read_resize(run)
     paths, y, classes = eval_items(run, data)
     probs = model.predict(image_dataset(paths, size=size, batch_size=batch_size, method=method), verbose=0)
     report = classification_report(y, probs, classes, files=paths)
@@ -72,5 +65,6 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
         plot_confusion(report["confusion_matrix"], classes, d / "confusion_matrix.png")
         plot_roc(y, probs, classes, d / "roc.png")
         k = min(30, len(paths))
-        plot_prediction_grid(load_arrays(paths[:k], size, method), y[:k], probs[:k], classes, d / "predictions.png")
+        plot_prediction_grid(load_arrays(paths[:k], size, method), y[:k], probs[:k], classes,
+                             d / "predictions.png")
     return metrics

@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+from edge_runtime.image import RESIZE_METHOD
+
 CONFIG = "config.json"
 LABELS = "labels.txt"
 SPLIT = "split"
@@ -49,6 +51,12 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_resize(run: Path) -> str:
+    """The resize the run was trained with; runs from before it was a choice used bilinear."""
+    cfg = Path(run) / CONFIG
+    return read_json(cfg).get("input", {}).get("resize", RESIZE_METHOD) if cfg.exists() else RESIZE_METHOD
 
 
 def read_labels(run: Path) -> list[str]:
