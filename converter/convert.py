@@ -93,7 +93,7 @@ def _check_writable(out: Path):
 
 def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
             calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, verbose: bool = False, int8_recovery: bool = True) -> dict:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points."""
     from trainer.evaluate import eval_items, load_run_model
 
@@ -121,6 +121,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     split = Split.load(run / R.SPLIT)
     tpaths, ty = split.paths_labels("train")
     from .calibration import representative_dataset, stratified_sample
+    from .int8 import CANDIDATES, quantize_with_recovery
     from .metadata import populate
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
     test_paths, test_y, _ = eval_items(run)
@@ -132,6 +133,11 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     keras_probs = model.predict(x_test.astype(np.float32), batch_size=32, verbose=0)
     keras_pred = keras_probs.argmax(1)
     keras_acc = float((keras_pred == test_y).mean()) if len(test_y) else 0.0
+    # int8 recovery chooses on the validation split only (never on the test split it is verified on)
+    val_paths, val_y = split.paths_labels("val")
+    x_val = load_arrays(val_paths, size, method) if "int8" in precisions else None
+    val_ref = (model.predict(x_val.astype(np.float32), batch_size=32, verbose=0).argmax(1)
+               if x_val is not None and len(x_val) else np.zeros(0, np.int64))
 
     artifacts = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +153,13 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             t0 = time.time()
             src = sm_logits if prec == "int8" else sm
             try:
-                blob = _converter(src, prec, io, representative_dataset(calib_paths, size, method)).convert()
+                conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
+                if prec == "int8":
+                    blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
+                                                          candidates=CANDIDATES if int8_recovery else 0,
+                                                          log=_log, detail=_log if verbose else lambda m: None)
+                else:
+                    blob, choice = conv.convert(), None
             except Exception as e:
                 raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
             blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
@@ -183,7 +195,8 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                 "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
                            "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
                 "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
-                "verification": ver})
+                "verification": ver,
+                **({"quantization": choice.to_dict()} if choice else {})})
             _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
                  f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
                  f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")

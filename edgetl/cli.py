@@ -122,7 +122,11 @@ def data_split(source, out, fractions, seed):
 @click.option("--resize", type=click.Choice(list(RESIZE_METHODS)), default=RESIZE_METHOD, show_default=True,
               help="How photos and frames are shrunk to the input size, here and on the device. "
                    "On a 640x480 frame reduce-nearest costs about a third of bilinear, nearest a tenth.")
-@click.option("--epochs", default=60, show_default=True, help="Max head epochs on cached features.")
+@click.option("--head-solver", type=click.Choice(["lbfgs", "sgd"]), default="lbfgs", show_default=True,
+              help="lbfgs: solve the head exactly, L2 chosen on held-out data, then refit on train+val. "
+                   "sgd: Adam epochs with dropout and label smoothing (--epochs, --lr, --dropout, --l2).")
+@click.option("--no-refit", is_flag=True, help="lbfgs: keep the head fit on train only (no refit on train+val).")
+@click.option("--epochs", default=60, show_default=True, help="sgd head: max epochs on cached features.")
 @click.option("--fine-tune", is_flag=True, help="Phase 2: unfreeze the top blocks and train on images.")
 @click.option("--fine-tune-blocks", default=6, show_default=True)
 @click.option("--fine-tune-epochs", default=8, show_default=True)
@@ -142,7 +146,7 @@ def data_split(source, out, fractions, seed):
               help="auto: on GPU only.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
 @friendly
-def train(data, out, backbone, alpha, size, weights, head, resize, epochs, fine_tune, fine_tune_blocks,
+def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, no_refit, epochs, fine_tune, fine_tune_blocks,
           fine_tune_epochs, fine_tune_lr, batch_size, lr, dropout, l2, label_smoothing, class_weights,
           no_augment, fractions, seed, strategy, mixed_precision, resume_dir):
     """Train a classifier on DATA (folder-per-class, pre-split folder or tfds:<name>) into --out."""
@@ -155,7 +159,7 @@ def train(data, out, backbone, alpha, size, weights, head, resize, epochs, fine_
     if not data or not out:
         raise click.UsageError("DATA and --out are required (or --resume RUN_DIR)")
     cfg = TrainConfig(data=data, out=out, backbone=backbone, alpha=alpha, size=size, weights=weights,
-                      head=head, resize=resize, epochs=epochs, fine_tune=fine_tune,
+                      head=head, resize=resize, head_solver=head_solver, refit=not no_refit, epochs=epochs, fine_tune=fine_tune,
                       fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
                       fine_tune_lr=fine_tune_lr, batch_size=batch_size,
                       lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
@@ -218,14 +222,19 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
 @click.option("--calibration-samples", default=300, show_default=True)
 @click.option("--max-drop", default=1.0, show_default=True, help="Fail when int8 loses more accuracy points.")
 @click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
+@click.option("--verbose", is_flag=True, help="Also print int8's per-layer quantization error (worst layers).")
+@click.option("--no-int8-recovery", is_flag=True,
+              help="Plain full-int8: do not keep the most sensitive layers in float even when int8 "
+                   "disagrees with float on more than 1 %% of validation images.")
 @friendly
-def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force):
+def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force, verbose,
+            no_int8_recovery):
     """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
     from converter.convert import convert as run_convert
 
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
     m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
-                    max_drop=max_drop, force=force)
+                    max_drop=max_drop, force=force, verbose=verbose, int8_recovery=not no_int8_recovery)
     click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
 
 

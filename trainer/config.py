@@ -17,7 +17,9 @@ class TrainConfig:
     head: str = "softmax"               # softmax | linear-svm
     resize: str = RESIZE_METHOD         # edge_runtime.image.RESIZE_METHODS; the device repeats it
     # phase 1: head on cached features
-    epochs: int = 60
+    head_solver: str = "lbfgs"          # lbfgs (exact, L2 chosen on held-out data) | sgd (Adam epochs)
+    refit: bool = True                  # lbfgs: refit on train+val with the chosen L2 (frozen runs)
+    epochs: int = 60                    # sgd only, like lr, dropout, l2, label_smoothing, patience
     batch_size: int = 32
     lr: float = 1e-3
     dropout: float = 0.2

@@ -24,7 +24,10 @@ def _save(fig, path: Path):
 
 
 def plot_history(history: dict, path: Path):
-    """Accuracy and loss, train vs val, one line per phase (frozen head, fine-tune)."""
+    """Accuracy and loss, train vs val, one line per phase (frozen head, fine-tune). Nothing is
+    drawn when no phase trained by epochs (the L-BFGS head has a validation curve instead)."""
+    if not any(h.get("loss") for h in history.values()):
+        return
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     offset = 0
@@ -91,4 +94,26 @@ def plot_prediction_grid(images, y_true, probs, classes, path: Path, n: int = 30
         ok = pred[i] == y_true[i]
         ax.set_title(f"{classes[pred[i]]} {np.asarray(probs)[i, pred[i]]:.0%}", fontsize=8,
                      color="tab:blue" if ok else "tab:red")
+    _save(fig, path)
+
+
+def plot_l2_selection(sel: dict, path: Path):
+    """The head's validation curve: held-out accuracy (and loss) per L2 strength, the chosen one
+    marked, so a user sees whether the choice sat on a plateau or at the grid's edge."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    grid = np.asarray(sel["grid"])
+    ax.semilogx(grid, sel["val_accuracy"], "o-", label="held-out accuracy")
+    ax.axvline(sel["l2"], color="tab:red", ls=":", label=f"chosen L2 {sel['l2']:.3g}")
+    ax.set_xlabel("L2 strength")
+    ax.set_ylabel("accuracy")
+    ax2 = ax.twinx()
+    ax2.semilogx(grid, sel["val_loss"], "s--", color="tab:gray", alpha=0.7, label="held-out loss")
+    ax2.set_ylabel("loss")
+    how = f"{sel['folds']}-fold on train+val" if sel["method"] == "k-fold" else "validation split"
+    ax.set_title(f"head L2 chosen by {how}; " + ("refit on train+val" if sel["refit"] else "fit on train"),
+                 fontsize=9)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
     _save(fig, path)

@@ -47,6 +47,8 @@ def resolve(cfg: TrainConfig):
     spec.check(cfg.size, cfg.alpha)
     if cfg.head not in ("softmax", "linear-svm"):
         raise UserError(f"unknown --head {cfg.head!r}; use softmax or linear-svm")
+    if cfg.head_solver not in ("lbfgs", "sgd"):
+        raise UserError(f"unknown --head-solver {cfg.head_solver!r}; use lbfgs or sgd")
     return spec
 
 
@@ -115,10 +117,40 @@ class BestWeights:
 
 
 def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
-    """Train the head on cached features. It is tiny, so it trains on one device (a copy of the
-    head outside any distribution strategy) and its weights are then set into the model."""
+    """Fit the head on cached features and set its weights into the model. Returns the head's
+    history (per-epoch curves for sgd; the L2 selection for lbfgs)."""
+    if cfg.head_solver == "sgd":
+        return _train_head_sgd(cfg, parts, F, Y, n)
+    from .linear import calibrate_temperature, solve_head
+
+    loss = "squared-hinge" if cfg.head == "linear-svm" else "logistic"
+    # Fine-tuning early-stops on the validation split, so its starting head must not have seen it.
+    refit = cfg.refit and not cfg.fine_tune
+    train_only, final, sel = solve_head(F["train"], Y["train"], F["val"], Y["val"], n, loss=loss,
+                                        class_weights=class_weights(Y["train"], n, cfg.class_weights),
+                                        refit=refit, seed=cfg.seed)
+    W, b = final.W, final.b
+    if loss == "squared-hinge" and len(Y["val"]):
+        # margins -> probabilities, with the temperature measured where the model is held out
+        t = calibrate_temperature(train_only.scores(F["val"]), Y["val"])
+        W, b = W * t, b * t
+        sel.extra["temperature"] = t
+    parts.head.get_layer("logits").set_weights([W, b])
+    i = sel.grid.index(sel.l2)
+    _log(f"head: L-BFGS {loss}, L2 {sel.l2:.3g} chosen by {sel.method}"
+         f"{f' ({sel.folds} folds)' if sel.method == 'k-fold' else ''}, held-out accuracy "
+         f"{sel.val_accuracy[i]:.4f}; {'refit on train+val' if sel.refit else 'fit on train'} "
+         f"({sel.n_fit} images) in {sel.seconds:.1f}s")
+    return {"solver": "lbfgs", "selection": sel.to_dict()}
+
+
+def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
+    """The epoch-based head (Adam, dropout, label smoothing, early stop on val): kept for
+    comparison and for features too many to solve full-batch. It is tiny, so it trains on one
+    device (a copy of the head outside any distribution strategy); its weights are then set."""
     import keras
 
+    from .linear import calibrate_temperature
     from .model import make_head
 
     keras.utils.set_random_seed(cfg.seed)
@@ -139,29 +171,17 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
                  class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=[track, stop])
     best.restore()
     if cfg.head == "linear-svm":
-        _calibrate_svm(head, F["val"], Y["val"])
+        dense = head.get_layer("logits")
+        W, b = dense.get_weights()
+        t = calibrate_temperature(F["val"] @ W + b, Y["val"])
+        dense.set_weights([W * t, b * t])
     parts.head.set_weights(head.get_weights())
     hist = {k: [float(x) for x in v] for k, v in h.history.items()}
+    hist["solver"] = "sgd"
     hist["best_epoch"] = best.epoch + 1
     _log(f"head: {len(hist['loss'])} epochs, best epoch {best.epoch + 1} "
          f"val accuracy {best.best[0]:.4f}")
     return hist
-
-
-def _calibrate_svm(head, Fval: np.ndarray, yval: np.ndarray):
-    """SVM scores -> probabilities: fit one temperature on validation data (argmax unchanged) and
-    fold it into the Dense layer, so the model stays Dense + softmax and converts like any other."""
-    dense = head.get_layer("logits")
-    W, b = dense.get_weights()
-    s = Fval @ W + b
-    best_t, best_nll = 1.0, np.inf
-    for t in np.logspace(-1, 2, 61):
-        z = s * t
-        z = z - z.max(axis=1, keepdims=True)
-        nll = -(z[np.arange(len(yval)), yval] - np.log(np.exp(z).sum(axis=1))).mean()
-        if nll < best_nll:
-            best_t, best_nll = t, nll
-    dense.set_weights([W * best_t, b * best_t])
 
 
 # ------------------------------------------------------------------------- phase 2
@@ -332,7 +352,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         F[s] = cached_features(run, cfg, parts, split, s)
         Y[s] = split.paths_labels(s)[1]
     t_feat = time.time() - t_feat
+    t_head = time.time()
     history = {"head": train_head(cfg, parts, F, Y, n)}
+    t_head = time.time() - t_head
     _save_model(parts.model, run)
     _set_state(run, phase="head")
     R.write_json(run / R.HISTORY, history)
@@ -349,7 +371,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     plot_history(history, run / R.PLOTS / "history.png")
     metrics = evaluate_run(run, model=parts.model)
     t = metrics["test"]
-    metrics["timing"] = {"feature_extraction_s": round(t_feat, 2), "trained_s": round(t_trained, 2),
+    if "selection" in history["head"]:
+        metrics["head"] = history["head"]["selection"]
+        from .plots import plot_l2_selection
+        plot_l2_selection(metrics["head"], run / R.PLOTS / "head_l2.png")
+    metrics["timing"] = {"feature_extraction_s": round(t_feat, 2), "head_s": round(t_head, 2), "trained_s": round(t_trained, 2),
                          "total_s": round(time.time() - t0, 2)}
     R.write_json(run / R.METRICS, metrics)
     _set_state(run, phase="done")

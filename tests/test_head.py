@@ -1,0 +1,132 @@
+"""The default head: an exact L-BFGS linear probe, L2 chosen on held-out data, refit on train+val;
+never reading the test split (neither here nor in int8 recovery)."""
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import WEIGHTS, run_cli
+from trainer import rundir as R
+from trainer.linear import LinearModel, fit, solve_head
+
+W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
+
+
+def _blobs(n_per_class=150, d=40, k=4, seed=0, sep=1.2):
+    """A fixed, overlapping Gaussian problem: linear, but not separable (accuracy well below 1)."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, sep, (k, d))
+    X = np.concatenate([rng.normal(means[c], 1.5, (n_per_class, d)) for c in range(k)])
+    y = np.repeat(np.arange(k), n_per_class)
+    order = rng.permutation(len(y))
+    return X[order].astype(np.float32), y[order]
+
+
+def _reference_logistic(X, y, k, l2, steps=4000, lr=0.5):
+    """Plain full-batch gradient descent on the same objective (mean cross-entropy + l2/2 |W|^2),
+    written independently of trainer.linear."""
+    mu, s = X.mean(0), X.std()
+    Z = (X - mu) / s
+    W, b = np.zeros((Z.shape[1], k)), np.zeros(k)
+    Y = np.eye(k)[y]
+    for _ in range(steps):
+        logits = Z @ W + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g = (p - Y) / len(y)
+        W -= lr * (Z.T @ g + l2 * W)
+        b -= lr * g.sum(0)
+    return LinearModel(W=W / s, b=b - (mu / s) @ W)
+
+
+def test_solver_matches_an_independent_reference_fit():
+    X, y = _blobs(sep=0.35)
+    Xtr, ytr, Xte, yte = X[:400], y[:400], X[400:], y[400:]
+    l2 = 1e-2
+    from trainer.linear import _Standardiser, _split_theta
+    std = _Standardiser(Xtr)
+    theta, _ = fit(std(Xtr), ytr, 4, l2)
+    ours = std.fold(*_split_theta(theta, Xtr.shape[1], 4))
+    ref = _reference_logistic(Xtr, ytr, 4, l2)
+    acc = lambda m: float((m.scores(Xte).argmax(1) == yte).mean())
+    assert 0.5 < acc(ref) < 0.98                      # a problem where the fit matters
+    assert abs(acc(ours) - acc(ref)) <= 0.005
+    np.testing.assert_allclose(ours.scores(Xte), ref.scores(Xte), atol=2e-2)
+
+
+def test_l2_is_chosen_on_held_out_data_and_refit_uses_every_labelled_image():
+    X, y = _blobs(n_per_class=200)
+    Xtr, ytr, Xv, yv = X[:600], y[:600], X[600:], y[600:]
+    train_only, final, sel = solve_head(Xtr, ytr, Xv, yv, 4, method="validation")
+    assert sel.method == "validation" and sel.refit and sel.n_fit == 800
+    best = max(sel.val_accuracy)
+    assert sel.val_accuracy[sel.grid.index(sel.l2)] == best
+    assert not np.allclose(train_only.W, final.W)
+    # a small validation split is not trusted alone: k-fold over train+val decides
+    _, _, sel_small = solve_head(Xtr, ytr, Xv[:60], yv[:60], 4)
+    assert sel_small.method == "k-fold" and sel_small.folds == 5
+
+
+def test_solver_is_deterministic_and_records_its_time_on_4000_vectors():
+    import time
+    rng = np.random.default_rng(3)
+    means = rng.normal(0, 0.4, (5, 1280))
+    y = np.repeat(np.arange(5), 800)
+    X = np.maximum(rng.normal(means[y], 1.0), 0).astype(np.float32)  # ReLU-like pooled features
+    t = time.time()
+    a = solve_head(X[:3600], y[:3600], X[3600:], y[3600:], 5, method="validation")
+    elapsed = time.time() - t
+    b = solve_head(X[:3600], y[:3600], X[3600:], y[3600:], 5, method="validation")
+    np.testing.assert_array_equal(a[1].W, b[1].W)
+    assert a[2].seconds == pytest.approx(elapsed, abs=1.0)  # the recorded time is the real one
+
+
+def _presplit(src, dst, poison=False):
+    """Copy a folder-per-class dataset into train/val/test folders (fixed by file order); with
+    ``poison`` the test images are moved into the wrong class folders."""
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    for ci, c in enumerate(classes):
+        files = sorted((src / c).iterdir())
+        parts = {"train": files[:18], "val": files[18:24], "test": files[24:30]}
+        for part, fs in parts.items():
+            label = classes[(ci + 1) % len(classes)] if (poison and part == "test") else c
+            (dst / part / label).mkdir(parents=True, exist_ok=True)
+            for f in fs:
+                shutil.copy2(f, dst / part / label / f.name)
+    return dst
+
+
+@pytest.mark.slow
+def test_poisoned_test_labels_change_nothing_that_is_chosen(synth_data, tmp_path):
+    """Selection (head L2, refit) and int8 recovery never read the test split: scrambling its
+    labels changes the reported test accuracy and nothing else."""
+    heads, choices, accs = [], [], []
+    for poison in (False, True):
+        data = _presplit(synth_data, tmp_path / f"data{int(poison)}", poison)
+        run = tmp_path / f"run{int(poison)}"
+        r = run_cli("edgetl", "train", data, "--out", run, "--backbone", "mobilenet_v2", "--alpha", "0.35",
+                    "--size", "96", "--weights", W035)
+        assert r.returncode == 0, r.stderr[-2000:]
+        r = run_cli("edgetl", "convert", run, "--int8")
+        assert r.returncode == 0, r.stderr[-2000:]
+        m = R.read_json(run / R.METRICS)
+        heads.append({k: v for k, v in m["head"].items() if k != "seconds"})
+        q = next(a for a in R.read_json(run / "deploy" / "manifest.json")["artifacts"]
+                 if a["precision"] == "int8")["quantization"]
+        choices.append({k: q[k] for k in ("plain", "chosen", "float_layers", "tried")})
+        accs.append(m["test"]["accuracy"])
+    assert heads[0] == heads[1]
+    assert choices[0] == choices[1]
+    assert accs[0] != accs[1]                 # the poison did reach the test split
+
+
+@pytest.mark.slow
+def test_convert_records_int8_recovery_and_per_layer_error(deployed):
+    m = R.read_json(deployed / "manifest.json")
+    q = next(a for a in m["artifacts"] if a["precision"] == "int8")["quantization"]
+    assert q["val_n"] > 0 and 0 <= q["plain"]["agreement"] <= 1
+    assert q["worst_layers"] and all(l["rmse_over_scale"] >= 0 for l in q["worst_layers"])
+    errs = [l["rmse_over_scale"] for l in q["worst_layers"]]
+    assert errs == sorted(errs, reverse=True)
+    assert q["chosen"]["agreement"] >= q["plain"]["agreement"]
+    assert "plain_int8" in q["latency_ms"]
