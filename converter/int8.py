@@ -54,10 +54,12 @@ def _quantize(calibrated: bytes, io: str, float_nodes: list[str]) -> bytes:
     This is the step TFLiteConverter runs after calibration, called directly so one calibration
     serves every variant."""
     from tensorflow.lite.python import convert as tfl_convert
+    from tensorflow.lite.python import util
 
-    dt = _io_dtype(io)
-    return tfl_convert.mlir_quantize(calibrated, fully_quantize=True, input_data_type=dt,
-                                     output_data_type=dt, denylisted_nodes=list(float_nodes) or None)
+    blob = tfl_convert.mlir_quantize(calibrated, fully_quantize=False,
+                                     denylisted_nodes=list(float_nodes) or None)
+    # the converter's own last step: integer I/O replaces the float input QUANTIZE / output DEQUANTIZE
+    return util.modify_model_io_type(blob, _io_dtype(io), _io_dtype(io)) if io != "float" else blob
 
 
 def _interp(blob: bytes, threads):
