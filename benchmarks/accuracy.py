@@ -2,7 +2,7 @@
 int8 drop and top-1 agreement with float before and after int8 recovery, per data set x backbone.
 
 Each row trains once with the defaults (L-BFGS head, L2 chosen on held-out data, refit on
-train+val), trains the old head (`--head-solver sgd`) on the same cached features, converts the
+train+val), trains the old head (`--head-solver sgd`) on the same split and features, converts the
 new run's model to int8 twice (plain, and with recovery) and reads every number from the run's
 own metrics.json and deploy manifests, so the table is what `edgetl train` / `edgetl convert`
 record for a user.
@@ -47,8 +47,7 @@ def run_row(assets: Path, work: Path, data: str, backbone: str, alpha, weights: 
     m_new = train(TrainConfig(data=str(assets / "data" / data), out=str(new), backbone=backbone, alpha=alpha,
                               weights=w))
     t_new = time.time() - t
-    old.mkdir(parents=True)
-    shutil.copytree(new / R.CACHE, old / R.CACHE)  # same cached features: only the head differs
+    # the same split and the same features (deterministic extraction): only the head differs
     m_old = train(TrainConfig(data=str(assets / "data" / data), out=str(old), backbone=backbone, alpha=alpha,
                               weights=w, head_solver="sgd"))
     plain = _int8(convert(new, ["int8"], out=new / "deploy-plain", int8_recovery=False))
