@@ -172,9 +172,9 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             _atomic_write(path, blob)
             clf = Classifier(path, threads=threads, labels=labels)
             clf.resize_method, clf.probabilities = method, prec != "int8"
-            pred = np.array([clf.invoke(clf.preprocess(x)).argmax() for x in x_test], dtype=np.int64)
+            pred = clf.top1(x_test)
             acc = float((pred == test_y).mean()) if len(test_y) else 0.0
-            pred_d = np.array([clf.invoke(clf.preprocess(x)).argmax() for x in x_draft], dtype=np.int64)
+            pred_d = clf.top1(x_draft)
             acc_d = float((pred_d == test_y).mean()) if len(test_y) else 0.0
             rep = graph_report(clf.interpreter)
             i = clf.interpreter.get_input_details()[0]

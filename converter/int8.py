@@ -8,8 +8,9 @@ are close. The converter therefore
 3. ranks layers by their own quantization error (TFLite's QuantizationDebugger: RMSE of each
    layer's int8 output against its float output, in units of the layer's quantization step), and
 4. only when agreement is below the target, tries the worst layers in float one at a time
-   (worst first) and keeps each one that raises validation agreement, until the target is met. Float and int8 convolutions both run inside the
-   XNNPACK delegate, so the model stays fully delegated; the cost is measured and recorded.
+   (worst first) and keeps each one that raises validation agreement, until the target is met.
+   Float and int8 convolutions both run inside the XNNPACK delegate, so the model stays fully
+   delegated; the cost is measured and recorded.
 The test split is never read here: it stays the honest verification of whatever is chosen.
 """
 from __future__ import annotations
@@ -62,45 +63,39 @@ def _quantize(calibrated: bytes, io: str, float_nodes: list[str]) -> bytes:
     return util.modify_model_io_type(blob, _io_dtype(io), _io_dtype(io)) if io != "float" else blob
 
 
-def _interp(blob: bytes, threads):
-    from edge_runtime.interpreter import interpreter_class
+class _Candidates:
+    """Candidate models as files in a scratch folder, each run through the device's own
+    Classifier (same input quantization, same interpreter) and timed by the device benchmark."""
 
-    Interpreter, _ = interpreter_class()
-    it = Interpreter(model_content=blob, num_threads=threads)
-    it.allocate_tensors()
-    return it
+    def __init__(self, threads):
+        import tempfile
 
+        self._dir = tempfile.TemporaryDirectory()
+        self.threads, self._n = threads, 0
 
-def predict(blob: bytes, x: np.ndarray, threads=None) -> np.ndarray:
-    """Top-1 of a .tflite over uint8 RGB images, quantizing the input as its tensor says."""
-    it = _interp(blob, threads)
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    scale, zp = i["quantization"]
-    out = np.empty(len(x), np.int64)
-    for k, img in enumerate(x):
-        if i["dtype"] == np.float32:
-            v = img.astype(np.float32)[None]
-        else:
-            q = np.round(img.astype(np.float32) / (scale or 1.0) + zp)
-            info = np.iinfo(i["dtype"])
-            v = np.clip(q, info.min, info.max).astype(i["dtype"])[None]
-        it.set_tensor(i["index"], v)
-        it.invoke()
-        out[k] = int(it.get_tensor(o["index"])[0].argmax())
-    return out
+    def classifier(self, blob: bytes):
+        from pathlib import Path
 
+        from edge_runtime.classifier import Classifier
 
-def median_invoke_ms(blob: bytes, runs: int = 30, threads=None) -> float:
-    it = _interp(blob, threads)
-    i = it.get_input_details()[0]
-    it.set_tensor(i["index"], np.zeros(i["shape"], i["dtype"]))
-    it.invoke()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        it.invoke()
-        times.append(time.perf_counter() - t)
-    return round(1000 * float(np.median(times)), 3)
+        self._n += 1
+        path = Path(self._dir.name) / f"candidate_{self._n}.tflite"
+        path.write_bytes(blob)
+        return Classifier(path, threads=self.threads)
+
+    def top1(self, blob: bytes, x: np.ndarray) -> np.ndarray:
+        return self.classifier(blob).top1(x)
+
+    def invoke_ms(self, blob: bytes) -> float:
+        from edge_runtime.benchmark import time_artifact
+
+        return time_artifact(self.classifier(blob), runs=30)["raw_ms"]["median"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._dir.cleanup()
 
 
 def _score(pred, ref, y) -> dict:
@@ -141,33 +136,34 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
     Returns the chosen model and what was measured."""
     t0 = time.time()
     calibrated, worst = layer_errors(converter, x_val[:DEBUG_IMAGES])
-    plain = _quantize(calibrated, io, [])
-    plain_score = _score(predict(plain, x_val, threads), ref_val, y_val)
-    log(f"int8 recovery: plain int8 agrees with float on {plain_score['agreement']:.4f} of "
-        f"{len(y_val)} validation images (target {target})")
-    for r in worst[:REPORT_LAYERS]:
-        detail(f"  layer error {r['rmse_over_scale']:7.3f} steps  {r['op']:<18} {r['tensor'][:90]}")
-    blob, chosen, floats, tried = plain, plain_score, [], []
-    # Greedy, worst layer first: a layer stays float only if that raises validation agreement
-    # (measured: keeping the k worst in float is not monotone, 8 can beat 16).
-    for r in worst[:candidates] if plain_score["agreement"] < target else []:
-        nodes = floats + [r["tensor"]]
-        cand = _quantize(calibrated, io, nodes)
-        s = _score(predict(cand, x_val, threads), ref_val, y_val)
-        kept = s["agreement"] > chosen["agreement"]
-        tried.append({"layer": r["tensor"], "kept": kept, **s})
-        detail(f"  + {r['tensor'][:70]} in float: agreement {s['agreement']:.4f}"
-               f"{' (kept)' if kept else ''}")
-        if kept:
-            blob, chosen, floats = cand, s, nodes
-            if s["agreement"] >= target:
-                break
-    if floats:
-        log(f"int8 recovery: {len(floats)} layer(s) kept in float -> validation agreement "
-            f"{chosen['agreement']:.4f}")
-    latency = {"plain_int8": median_invoke_ms(plain, threads=threads)}
-    if floats:
-        latency["chosen"] = median_invoke_ms(blob, threads=threads)
+    with _Candidates(threads) as cands:
+        plain = _quantize(calibrated, io, [])
+        plain_score = _score(cands.top1(plain, x_val), ref_val, y_val)
+        log(f"int8 recovery: plain int8 agrees with float on {plain_score['agreement']:.4f} of "
+            f"{len(y_val)} validation images (target {target})")
+        for r in worst[:REPORT_LAYERS]:
+            detail(f"  layer error {r['rmse_over_scale']:7.3f} steps  {r['op']:<18} {r['tensor'][:90]}")
+        blob, chosen, floats, tried = plain, plain_score, [], []
+        # Greedy, worst layer first: a layer stays float only if that raises validation agreement
+        # (measured: keeping the k worst in float is not monotone, 8 can beat 16).
+        for r in worst[:candidates] if plain_score["agreement"] < target else []:
+            nodes = floats + [r["tensor"]]
+            cand = _quantize(calibrated, io, nodes)
+            s = _score(cands.top1(cand, x_val), ref_val, y_val)
+            kept = s["agreement"] > chosen["agreement"]
+            tried.append({"layer": r["tensor"], "kept": kept, **s})
+            detail(f"  + {r['tensor'][:70]} in float: agreement {s['agreement']:.4f}"
+                   f"{' (kept)' if kept else ''}")
+            if kept:
+                blob, chosen, floats = cand, s, nodes
+                if s["agreement"] >= target:
+                    break
+        if floats:
+            log(f"int8 recovery: {len(floats)} layer(s) kept in float -> validation agreement "
+                f"{chosen['agreement']:.4f}")
+        latency = {"plain_int8": cands.invoke_ms(plain)}
+        if floats:
+            latency["chosen"] = cands.invoke_ms(blob)
     choice = Int8Choice(target_agreement=target, val_n=int(len(y_val)), plain=plain_score, chosen=chosen,
                         float_layers=floats, worst_layers=worst[:REPORT_LAYERS], tried=tried,
                         latency_ms=latency, seconds=round(time.time() - t0, 1))

@@ -101,6 +101,10 @@ class Classifier:
     def predict(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
         return self.invoke(self.preprocess(image, draft))
 
+    def top1(self, images) -> np.ndarray:
+        """Index of the top class for each image (no draft decoding): what verification compares."""
+        return np.array([int(self.invoke(self.preprocess(im, draft=False)).argmax()) for im in images], np.int64)
+
     def classify(self, image: ImageInput, top_k: int = 5, draft: bool | None = None) -> list[tuple[str, float]]:
         p = self.predict(image, draft)
         order = np.argsort(-p, kind="stable")[:top_k]

@@ -79,6 +79,20 @@ class _Standardiser:
         return LinearModel(W=Wr.astype(np.float32), b=(b - self.mu @ Wr).astype(np.float32))
 
 
+def _logistic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample cross-entropy of scores ``z`` for labels ``y``, and the softmax of ``z``."""
+    z = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    return lse - z[np.arange(len(y)), y], np.exp(z - lse[:, None])
+
+
+def _squared_hinge(z: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample one-vs-rest squared hinge (``sign``: +1 for the true class, -1 elsewhere), and
+    the slack of each score."""
+    slack = np.maximum(0.0, 1.0 - sign * z)
+    return (slack ** 2).sum(axis=1), slack
+
+
 def _objective(loss: str, X: np.ndarray, y: np.ndarray, n: int, l2: float, w: np.ndarray):
     """f(theta) and its gradient for theta = [W.ravel(), b]; ``w`` are per-sample weights
     normalised to sum to 1."""
@@ -91,13 +105,10 @@ def _objective(loss: str, X: np.ndarray, y: np.ndarray, n: int, l2: float, w: np
         b = theta[d * n:]
         z = (X @ W.astype(np.float32)).astype(np.float64) + b
         if loss == "logistic":
-            z = z - z.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(z).sum(axis=1))
-            per = lse - z[np.arange(len(y)), y]
-            g = (np.exp(z - lse[:, None]) - onehot) * w[:, None]
+            per, p = _logistic(z, y)
+            g = (p - onehot) * w[:, None]
         else:
-            slack = np.maximum(0.0, 1.0 - sign * z)
-            per = (slack ** 2).sum(axis=1)
+            per, slack = _squared_hinge(z, sign)
             g = -2.0 * sign * slack * w[:, None]
         val = float(w @ per) + 0.5 * l2 * float((W * W).sum())
         gW = (X.T @ g.astype(np.float32)).astype(np.float64) + l2 * W
@@ -109,7 +120,7 @@ def fit(X: np.ndarray, y: np.ndarray, n: int, l2: float, loss: str = "logistic",
         sample_weight: np.ndarray | None = None, init: np.ndarray | None = None,
         max_iter: int = 300, tol: float = 1e-5) -> tuple[np.ndarray, int]:
     """Solve one regularised problem on (already standardised) X; returns (theta, iterations).
-    Deterministic: full batch, no randomness, float64 throughout."""
+    Deterministic: full batch, no randomness; float32 matmuls, the loss summed in float64."""
     from scipy.optimize import minimize
 
     if loss not in LOSSES:
@@ -132,14 +143,8 @@ def _heldout(loss: str, Xs: np.ndarray, y: np.ndarray, theta: np.ndarray, n: int
     """(accuracy, mean loss) of ``theta`` on held-out standardised features."""
     W, b = _split_theta(theta, Xs.shape[1], n)
     z = Xs @ W + b
-    acc = float((z.argmax(1) == y).mean())
-    if loss == "logistic":
-        z = z - z.max(axis=1, keepdims=True)
-        lval = float((np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]).mean())
-    else:
-        sign = 2 * np.eye(n)[y] - 1
-        lval = float((np.maximum(0.0, 1 - sign * z) ** 2).sum(axis=1).mean())
-    return acc, lval
+    per = _logistic(z, y)[0] if loss == "logistic" else _squared_hinge(z, 2 * np.eye(n)[y] - 1)[0]
+    return float((z.argmax(1) == y).mean()), float(per.mean())
 
 
 def _path(loss, Xtr, ytr, wtr, Xho, yho, n, grid):
@@ -152,7 +157,7 @@ def _path(loss, Xtr, ytr, wtr, Xho, yho, n, grid):
     return [out[l2] for l2 in grid]
 
 
-def _folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Stratified fold index of every sample (seeded)."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), np.int64)
@@ -163,8 +168,8 @@ def _folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
 
 
 def _choose(grid, acc, lval) -> int:
-    """Best held-out accuracy; among settings within half a held-out image of it, the lowest
-    held-out loss (accuracy is coarse on small splits, the loss breaks its ties smoothly)."""
+    """Best held-out accuracy; among the settings that tie on it, the lowest held-out loss
+    (accuracy is coarse on small splits, the loss breaks its ties smoothly)."""
     acc, lval = np.asarray(acc), np.asarray(lval)
     close = np.nonzero(acc >= acc.max() - 1e-9)[0]
     return int(close[np.argmin(lval[close])])
@@ -194,17 +199,18 @@ def solve_head(Ftr: np.ndarray, ytr: np.ndarray, Fval: np.ndarray, yval: np.ndar
     yall = np.concatenate([ytr, yval]) if len(yval) else ytr
     std = _Standardiser(Xall)  # unsupervised: no label of any split, never the test split
     wall = sample_weights(yall, class_weights)
+    Xtr, wtr = std(Ftr), sample_weights(ytr, class_weights)
     if method == "auto":
         method = "k-fold" if len(yval) < min_val else "validation"
     if method == "validation" and not len(yval):
         method = "k-fold"
     k = min(folds, int(np.bincount(yall).min())) if method == "k-fold" else 1
-    if method == "k-fold" and k < 2:  # too few images per class to hold any out: weakest prior
+    if method == "k-fold" and k < 2:  # too few images per class to hold any out: a middle setting
         scores = [(np.nan, np.nan)] * len(grid)
         best = grid.index(min(grid, key=lambda g: abs(np.log10(g) + 3)))
     else:
         if method == "validation":
-            scores = _path(loss, std(Ftr), ytr, sample_weights(ytr, class_weights), std(Fval), yval, n, grid)
+            scores = _path(loss, Xtr, ytr, wtr, std(Fval), yval, n, grid)
         else:
             fold = _folds(yall, k, seed)
             per_fold = []
@@ -215,7 +221,7 @@ def solve_head(Ftr: np.ndarray, ytr: np.ndarray, Fval: np.ndarray, yval: np.ndar
         best = _choose(grid, [s[0] for s in scores], [s[1] for s in scores])
     l2 = grid[best]
     d = Ftr.shape[1]
-    theta_tr, it = fit(std(Ftr), ytr, n, l2, loss, sample_weight=sample_weights(ytr, class_weights))
+    theta_tr, it = fit(Xtr, ytr, n, l2, loss, sample_weight=wtr)
     train_only = std.fold(*_split_theta(theta_tr, d, n))
     final, n_fit = train_only, len(ytr)
     if refit and len(yval):
@@ -233,11 +239,6 @@ def solve_head(Ftr: np.ndarray, ytr: np.ndarray, Fval: np.ndarray, yval: np.ndar
 def calibrate_temperature(scores: np.ndarray, y: np.ndarray) -> float:
     """One temperature t so softmax(t * scores) has the lowest NLL on ``y`` (argmax unchanged):
     turns SVM margins into probabilities."""
-    best_t, best_nll = 1.0, np.inf
-    for t in np.logspace(-1, 2, 61):
-        z = scores * t
-        z = z - z.max(axis=1, keepdims=True)
-        nll = -(z[np.arange(len(y)), y] - np.log(np.exp(z).sum(axis=1))).mean()
-        if nll < best_nll:
-            best_t, best_nll = float(t), nll
-    return best_t
+    temps = np.logspace(-1, 2, 61)
+    nll = [_logistic(scores * t, y)[0].mean() for t in temps]
+    return float(temps[int(np.argmin(nll))])
