@@ -114,7 +114,7 @@ def stratified_subset(data: str, out: Path, per_class: int, seed: int) -> Path:
     return out
 
 
-def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path) -> tuple[Path, str]:
+def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | None = None) -> tuple[Path, str]:
     """The row's trained run and where its weights came from."""
     from trainer.backbones import BackboneError
     from trainer.config import TrainConfig
@@ -133,14 +133,14 @@ def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path) -> tuple[Path, 
     tc = TrainConfig(data=data, out=str(run), backbone=row.backbone, alpha=row.alpha, size=row.size,
                      weights=row.weights, seed=cfg.seed, fractions=cfg.fractions, epochs=cfg.head_epochs)
     try:
-        train(tc)
+        train(tc, track=track)
         weights = row.weights
     except BackboneError as e:
         if row.weights != "imagenet" or not row.latency_only:
             raise
         _log(f"{row.name}: {e}\n{row.name}: timing it with random init (latency only)")
         tc.weights = "none"
-        train(tc)
+        train(tc, track=track)
         weights = "random init"
     return run, weights
 
@@ -157,8 +157,13 @@ def gate(row: dict, cfg: BenchConfig) -> str:
     return "ok"
 
 
-def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str | None = None) -> dict:
-    """Train/convert/verify/time every row; writes the report files into ``out``."""
+def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str | None = None,
+              track: str | None = None) -> dict:
+    """Train/convert/verify/time every row; writes the report files into ``out``. ``track``: an
+    MLflow URI (default $MLFLOW_TRACKING_URI): each row's train and convert, and the report."""
+    from trainer.tracking import Tracker
+
+    tracker = Tracker(track, explicit=track is not None)
     from converter.convert import convert
     from edge_runtime import Classifier
     from edge_runtime.benchmark import machine_info, time_artifact
@@ -185,7 +190,7 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
         _log(f"[{i}/{len(cfg.rows)}] {row.name}")
         base = {"row": row.name, "backbone": row.backbone, "alpha": row.alpha, "latency_only": row.latency_only}
         try:
-            run, weights = _train_row(row, cfg, data, out)
+            run, weights = _train_row(row, cfg, data, out, track)
         except UserError as e:
             results.append({**base, "precision": "-", "status": f"train failed: {e}"})
             continue
@@ -195,7 +200,7 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
         deploy = run / "deploy"
         try:
             man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
-                          max_drop=100.0, force=True, threads=None)
+                          max_drop=100.0, force=True, threads=None, track=track)
         except UserError as e:
             results.append({**base, "precision": ",".join(cfg.precisions), "status": f"export failed: {e}"})
             continue
@@ -229,4 +234,27 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
                       "process": "one process for all rows"},
            "seconds": round(time.time() - t_start, 1), "rows": results}
     write_report(rep, out)
+    _track(tracker, rep, out)
     return rep
+
+
+def _track(tracker, rep: dict, out: Path) -> None:
+    """The bench as one MLflow run: its settings, each row's accuracy and latency, the report."""
+    if not tracker.on:
+        return
+    from trainer.compare import flatten
+    tracker.start(out, "bench", tags={"preset": rep["preset"]})
+    tracker.params(flatten({"bench": rep["config"]}))
+    values = {}
+    for r in rep["rows"]:
+        if r.get("status") != "ok" or "accuracy" not in r:
+            continue
+        key = f"{r['row']}/{r['precision']}"
+        values[f"{key}/accuracy"] = r["accuracy"]
+        values[f"{key}/size_mb"] = r["size_mb"]
+        for t, lat in r.get("latency", {}).items():
+            values[f"{key}/e2e_ms_{t}t"] = lat["end_to_end_ms"]["median"]
+    tracker.metrics(values)
+    for f in sorted(Path(out).glob("report.*")) + sorted(Path(out).glob("*.png")):
+        tracker.artifact(f, "report")
+    tracker.end(all(r.get("status") == "ok" for r in rep["rows"]))

@@ -91,11 +91,37 @@ def _check_writable(out: Path):
         raise UserError(f"{out}: output folder is not writable ({e.strerror}); pass --out DIR") from None
 
 
+def _track(tracker, run: Path, out: Path, manifest: dict, artifacts: list[dict], ok: bool, settings: dict):
+    """A nested MLflow run under the training's: settings, each artifact's verification numbers,
+    and the artifacts themselves with labels and manifest (what a device would be given)."""
+    if not tracker.on:
+        return
+    tracker.start(run, "convert", parent_of=run, tags={"edgetl.deploy": str(Path(out).resolve())})
+    tracker.params(settings)
+    values = {}
+    for a in artifacts:
+        v, p = a["verification"], a["precision"]
+        values.update({f"{p}/accuracy": v["accuracy"], f"{p}/drop_points": v["drop_points"],
+                       f"{p}/agreement": v["agreement"], f"{p}/bytes": a["bytes"],
+                       f"{p}/fully_delegated": float(v["fully_delegated"])})
+    tracker.metrics(values)
+    for a in manifest["artifacts"]:
+        tracker.artifact(out / a["file"], "deploy")
+    tracker.artifact(out / NAME, "deploy")
+    tracker.artifact(out / "labels.txt", "deploy")
+    tracker.end(ok)
+
+
 def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
             calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
-            threads: int | None = None, verbose: bool = False, int8_recovery: bool = True) -> dict:
-    """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points."""
+            threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
+            track: str | None = None) -> dict:
+    """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
+    ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
     from trainer.evaluate import eval_items, load_run_model
+    from trainer.tracking import Tracker
+
+    tracker = Tracker(track, explicit=track is not None)
 
     run = Path(run)
     precisions = [p for p in PRECISIONS if p in precisions]
@@ -227,9 +253,12 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
         except ValueError:
             pass
     R.write_json(out / NAME, manifest)
-    for a in artifacts:
-        if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop:
-            v = a["verification"]
-            raise UserError(f"{out / a['file']}: int8 accuracy {v['accuracy']:.4f} is {v['drop_points']:.2f} points "
-                            f"below Keras {v['keras_accuracy']:.4f} (limit --max-drop {max_drop})")
+    failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
+    _track(tracker, run, out, manifest, artifacts, ok=not failed, settings={
+        "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
+        "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})
+    for a in failed:
+        v = a["verification"]
+        raise UserError(f"{out / a['file']}: int8 accuracy {v['accuracy']:.4f} is {v['drop_points']:.2f} points "
+                        f"below Keras {v['keras_accuracy']:.4f} (limit --max-drop {max_drop})")
     return manifest

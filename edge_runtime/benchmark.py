@@ -97,6 +97,22 @@ def benchmark(deploy, precisions: list[str] | None = None, threads: list[int] | 
             "rows": rows}
 
 
+def save_report(rep: dict, deploy) -> Path | None:
+    """Keep a deploy folder's latency beside its artifacts (DEPLOY/benchmark.json, matched to
+    artifacts by sha256), so run listings can show it. A read-only folder (or a bare .tflite)
+    is left alone: the report was printed anyway."""
+    from .atomic import write_json
+
+    p = Path(deploy)
+    if not p.is_dir():
+        return None
+    try:
+        write_json(p / "benchmark.json", rep)
+    except OSError:
+        return None
+    return p / "benchmark.json"
+
+
 def _sha(clf) -> str:
     from .manifest import sha256_file
     return sha256_file(clf.path)

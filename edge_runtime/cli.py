@@ -30,7 +30,7 @@ from .image import is_image_file
 @click.option("--max-frames", type=int, help="Stop a video/camera stream after N frames.")
 @click.option("--draft/--no-draft", default=None,
               help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
-@click.option("--benchmark", is_flag=True, help="Latency report (raw invoke and end-to-end) per thread count.")
+@click.option("--benchmark", is_flag=True, help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json.")
 @click.option("--runs", default=50, show_default=True, help="Timed runs per --benchmark row.")
 def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify,
         video, camera, max_frames, draft, benchmark, runs):
@@ -48,10 +48,13 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
 
     try:
         if benchmark:
-            from .benchmark import benchmark as run_bench, format_table
+            from .benchmark import benchmark as run_bench, format_table, save_report
             rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
                             runs=runs, verify=not no_verify)
             click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))
+            saved = save_report(rep, deploy)
+            if saved and not as_json:
+                click.echo(f"saved {saved} (edgetl runs shows it beside the run)", err=True)
             return
         clf = Classifier(deploy, threads=threads, precision=precision, verify=not no_verify)
         if draft is not None:

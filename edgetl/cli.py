@@ -38,6 +38,15 @@ def _progress(label):
     return cb
 
 
+def _track_option(fn):
+    """--track URI: the same MLflow switch on every command that produces results."""
+    return click.option(
+        "--track", metavar="URI", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+        help='Log to MLflow (pip install "edgetl[track]"), e.g. sqlite:///mlflow.db then `mlflow ui '
+             '--backend-store-uri sqlite:///mlflow.db`. A failing tracker warns once; the run folder is '
+             'complete either way.')(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgetl")
 def cli():
@@ -145,16 +154,17 @@ def data_split(source, out, fractions, seed):
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="auto: on GPU only.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
+@_track_option
 @friendly
 def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, no_refit, epochs, fine_tune, fine_tune_blocks,
           fine_tune_epochs, fine_tune_lr, batch_size, lr, dropout, l2, label_smoothing, class_weights,
-          no_augment, fractions, seed, strategy, mixed_precision, resume_dir):
+          no_augment, fractions, seed, strategy, mixed_precision, resume_dir, track):
     """Train a classifier on DATA (folder-per-class, pre-split folder or tfds:<name>) into --out."""
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
 
     if resume_dir:
-        run_training(TrainConfig(data="", out=resume_dir), resume=True)
+        run_training(TrainConfig(data="", out=resume_dir), resume=True, track=track)
         return
     if not data or not out:
         raise click.UsageError("DATA and --out are required (or --resume RUN_DIR)")
@@ -165,19 +175,20 @@ def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, 
                       lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
                       class_weights=class_weights, augment=not no_augment, fractions=_fractions(fractions),
                       seed=seed, strategy=strategy, mixed_precision=mixed_precision)
-    run_training(cfg)
+    run_training(cfg, track=track)
 
 
 @cli.command("eval")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--data", help="Evaluate on this folder instead of the run's held-out test split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_track_option
 @friendly
-def eval_cmd(run, data, as_json):
+def eval_cmd(run, data, as_json, track):
     """Accuracy, class-averaged accuracy, per-class precision/recall/F1, AUC and misclassified files."""
     from trainer.evaluate import evaluate_run
 
-    m = evaluate_run(run, data=data)
+    m = evaluate_run(run, data=data, track=track)
     rep = m["test" if data is None else f"data:{data}"]
     if as_json:
         click.echo(json.dumps(rep, indent=2))
@@ -226,15 +237,17 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
 @click.option("--no-int8-recovery", is_flag=True,
               help="Plain full-int8: do not keep the most sensitive layers in float even when int8 "
                    "disagrees with float on more than 1 %% of validation images.")
+@_track_option
 @friendly
 def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force, verbose,
-            no_int8_recovery):
+            no_int8_recovery, track):
     """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
     from converter.convert import convert as run_convert
 
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
     m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
-                    max_drop=max_drop, force=force, verbose=verbose, int8_recovery=not no_int8_recovery)
+                    max_drop=max_drop, force=force, verbose=verbose, int8_recovery=not no_int8_recovery,
+                    track=track)
     click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
 
 
@@ -271,9 +284,10 @@ def imagenet(images, backbone, weights, alpha, size, labels, top_k, as_json):
               help="A trained run to use for its backbone row instead of training (repeatable).")
 @click.option("--budget-ms", type=float, help="Name the most accurate artifact within this end-to-end latency.")
 @click.option("--out", type=click.Path(file_okay=False), help="Report folder (default bench-<preset>).")
+@_track_option
 @click.pass_context
 @friendly
-def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, out):
+def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, out, track):
     """Accuracy against latency for each backbone x precision: train, convert, verify, time; writes
     report.md / .csv / .json and accuracy_vs_latency.png. Exits 1 when an artifact fails verification."""
     if ctx.invoked_subcommand:
@@ -291,7 +305,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
     if precisions:
         cfg.precisions = [p.strip() for p in precisions.split(",")]
     out = out or f"bench-{cfg.name}"
-    rep = run_bench(cfg, out, reuse=list(reuse), command=shlex.join(["edgetl", *sys.argv[1:]]))
+    rep = run_bench(cfg, out, reuse=list(reuse), command=shlex.join(["edgetl", *sys.argv[1:]]), track=track)
     write_report(rep, out, budget_ms)
     click.echo(markdown(rep, budget_ms))
     failed = [r for r in rep["rows"] if r["status"] != "ok"]
@@ -342,6 +356,69 @@ def _read_json(path, kind):
     if data.get("kind") != kind:
         raise UserError(f"{path}: not a {kind} file (kind {data.get('kind')!r})")
     return data
+
+
+class _RunsGroup(click.Group):
+    """`edgetl runs [ROOT...]` lists; `edgetl runs compare A B` compares: a first argument that is
+    not a subcommand means `list`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["list", *args]
+        elif not args:
+            args = ["list"]
+        return super().parse_args(ctx, args)
+
+
+@cli.group(cls=_RunsGroup)
+def runs():
+    """Run history: every run under some folders as one table, and runs compared side by side.
+
+    \b
+      edgetl runs                        runs under the current folder
+      edgetl runs runs/ old-runs/ --sort accuracy
+      edgetl runs --csv > runs.csv
+      edgetl runs compare runs/a runs/b --out cmp/
+    """
+
+
+@runs.command("list")
+@click.argument("roots", nargs=-1, type=click.Path())
+@click.option("--sort", type=click.Choice(["when", "accuracy", "class_avg", "run", "backbone", "size_mb", "latency"]),
+              default="when", show_default=True, help="Row order (accuracy: best first).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per run, a column set per precision.")
+@friendly
+def runs_list(roots, sort, as_json, as_csv):
+    """One row per run directory under ROOTS (default: .): when, data and its fingerprint,
+    backbone, head, fine-tuned, test and class-averaged accuracy, and each deploy artifact's
+    verified accuracy, size and latency (from `edge-predict DEPLOY --benchmark` or `edgetl bench`).
+    Runs with different group letters saw different data or test files: not comparable."""
+    from trainer.history import format_table, list_runs, to_csv, to_json
+
+    rows = list_runs(list(roots), sort=sort)
+    click.echo(to_json(rows) if as_json else to_csv(rows).rstrip("\n") if as_csv else format_table(rows))
+
+
+@runs.command("compare")
+@click.argument("runs_", metavar="RUN_A RUN_B [RUN...]", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Write compare.md, compare.json and the figures here (default: print only).")
+@click.option("--max-images", default=12, show_default=True, help="Photos per side in each disagreement grid.")
+@friendly
+def runs_compare(runs_, out, max_images):
+    """What differs between runs' configs; overall and per-class accuracy, precision and recall
+    with the better value in bold; the test photos one gets right and the other wrong; per-class
+    bars beside overlaid ROC curves. Per class only for runs scored on the same test files."""
+    from trainer.compare import compare_runs, format_markdown
+
+    cmp = compare_runs(list(runs_), out=out, max_images=max_images)
+    click.echo(format_markdown(cmp).rstrip("\n"))
+    if out:
+        click.echo(f"wrote {out}/compare.md, compare.json" + (f" and {len(cmp.figures)} figure(s)" if cmp.figures else ""),
+                   err=True)
+    if not cmp.comparable:
+        click.echo(f"note: {cmp.why_not}", err=True)
 
 
 @cli.command("backbones")

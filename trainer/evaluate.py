@@ -48,8 +48,15 @@ def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarra
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
-                 plots: bool = True, batch_size: int = 32) -> dict:
+                 plots: bool = True, batch_size: int = 32, track: str | None = None) -> dict:
+    """Score the run on its test split (or ``data``), update RUN/metrics.json and the plots.
+    ``track``: an MLflow URI; the metrics are added to the run's MLflow run (`train` passes
+    nothing here: it logs its own)."""
     run = Path(run)
+    tracker = None
+    if track is not None:
+        from .tracking import Tracker
+        tracker = Tracker(track, explicit=True)
     model = model or load_run_model(run)
     size = int(model.inputs[0].shape[1])
     method = R.read_resize(run)
@@ -60,6 +67,9 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     key = split_name if data is None else f"data:{data}"
     metrics[key] = report
     R.write_json(run / R.METRICS, metrics)
+    if data is None:  # kept so runs can be compared image by image (ROC overlays, disagreements)
+        R.write_npz(run / R.PREDICTIONS / f"{split_name}.npz", files=np.array(paths), y=y,
+                    probs=probs.astype(np.float32), classes=np.array(classes))
     if plots:
         d = run / R.PLOTS
         plot_confusion(report["confusion_matrix"], classes, d / "confusion_matrix.png")
@@ -67,4 +77,12 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
         k = min(30, len(paths))
         plot_prediction_grid(load_arrays(paths[:k], size, method), y[:k], probs[:k], classes,
                              d / "predictions.png")
+    if tracker is not None and tracker.on:
+        from .tracking import test_metrics
+        tracker.attach(run)
+        name = split_name if data is None else f"data/{Path(data).name}"
+        tracker.metrics(test_metrics(report, prefix=name))
+        if plots and data is None:
+            tracker.artifact(run / R.PLOTS, "plots")
+        tracker.end(ok=True)
     return metrics

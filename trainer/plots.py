@@ -117,3 +117,81 @@ def plot_l2_selection(sel: dict, path: Path):
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
     _save(fig, path)
+
+
+def plot_compare(cmp, scores, path: Path):
+    """Per-class accuracy bars for every run (left) beside their ROC curves (right): binary
+    problems plot the second class's score, more classes the micro-averaged one-vs-rest curve."""
+    from .metrics import auc, roc_curve
+    plt = _plt()
+    classes = list(cmp.per_class)
+    k, n = len(classes), len(cmp.names)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * k + 3) + 5, 4.4),
+                                  gridspec_kw={"width_ratios": [max(1.4, k / 4), 1]})
+    width = 0.8 / n
+    x = np.arange(k)
+    for i, name in enumerate(cmp.names):
+        vals = [cmp.per_class[c]["accuracy"][i] or 0 for c in classes]
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=f"{name} ({cmp.overall['accuracy'][i]:.4f})")
+        for b, c in zip(bars, classes):
+            if i in cmp.per_class_best[c]["accuracy"]:
+                ax.annotate("*", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", fontsize=11)
+    lo = min(v or 0 for c in classes for v in cmp.per_class[c]["accuracy"])
+    ax.set_ylim(max(0.0, lo - 0.1), 1.02)
+    ax.set_xticks(x, classes, rotation=30 if k > 6 else 0, ha="right" if k > 6 else "center", fontsize=8)
+    ax.set_ylabel("test accuracy (recall)")
+    ax.set_title("per class (* = best); legend: overall accuracy", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left"); ax.grid(axis="y", alpha=.3)
+    drawn = False
+    for name, s in zip(cmp.names, scores):
+        if s is None:
+            continue
+        y, probs, _ = s
+        if probs.shape[1] == 2:
+            t, p = (y == 1).astype(np.int64), probs[:, 1]
+        else:
+            t, p = (np.eye(probs.shape[1])[y]).ravel().astype(np.int64), probs.ravel()
+        fpr, tpr = roc_curve(t, p)
+        ax2.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.4f})")
+        drawn = True
+    # good classifiers differ at small false-positive rates: a log axis shows where
+    ax2.set_xscale("log")
+    ax2.set_xlim(1e-3, 1)
+    ax2.set_xlabel("false positive rate (log)"); ax2.set_ylabel("true positive rate")
+    ax2.set_title("ROC (" + ("positive class" if len(classes) == 2 else "micro-average, one vs rest") + ")",
+                  fontsize=9)
+    if drawn:
+        ax2.legend(fontsize=7, loc="lower right")
+    else:
+        ax2.text(0.5, 0.5, "no saved test scores\n(edgetl eval RUN)", ha="center", va="center")
+    ax2.grid(alpha=.3)
+    _save(fig, path)
+
+
+def plot_disagreements(d: dict, root: Path, path: Path, max_images: int = 12) -> bool:
+    """Two rows of test photos: the ones run A gets right and B wrong, then the reverse, titled
+    with the true class and the wrong run's answer. False (nothing drawn) when they agree."""
+    from edge_runtime.image import load_image
+    sides = [(f"{d['a']} right, {d['b']} wrong", d["a_right_b_wrong"], "b_predicted", d["b"]),
+             (f"{d['b']} right, {d['a']} wrong", d["b_right_a_wrong"], "a_predicted", d["a"])]
+    cols = min(max_images, max(len(s[1]) for s in sides))
+    if cols == 0:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.8), squeeze=False)
+    for r, (title, items, key, who) in enumerate(sides):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(items):
+                continue
+            it = items[c]
+            try:
+                ax.imshow(load_image(Path(root) / it["file"], 128))
+            except Exception:  # a photo moved since: its title still says which one it was
+                ax.text(0.5, 0.5, "missing", ha="center", va="center")
+            ax.set_title(f"{it['true']}\n{who}: {it[key]}", fontsize=7, color="tab:red")
+        axes[r][0].text(-0.08, 0.5, f"{title} ({len(items)})", transform=axes[r][0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize=8)
+    _save(fig, path)
+    return True

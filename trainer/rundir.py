@@ -7,6 +7,9 @@
     RUN/metrics.json      {"test": {...}, "val": {...}} from `edgetl eval`
     RUN/model.keras       the trained model: RGB 0..255 in, class probabilities out
     RUN/plots/            curves, confusion matrix, ROC, prediction grid
+    RUN/predictions/      per-image test scores (test.npz) for ROC overlays and run comparison
+    RUN/logs/             TensorBoard event files, one folder per phase
+    RUN/tracking.json     the MLflow run this run was logged to (when tracked)
     RUN/cache/            cached backbone features (safe to delete)
     RUN/checkpoints/      per-epoch state for --resume
     RUN/state.json        which phase finished last
@@ -18,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+from edge_runtime import atomic
 from edge_runtime.image import RESIZE_METHOD
 
 CONFIG = "config.json"
@@ -31,15 +35,14 @@ CACHE = "cache"
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 DEPLOY = "deploy"
+PREDICTIONS = "predictions"
+LOGS = "logs"
+TRACKING = "tracking.json"
 
 
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temp file + rename): readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_default))
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, default=_default)
 
 
 def read_json(path: Path):
@@ -47,9 +50,17 @@ def read_json(path: Path):
 
 
 def write_text(path: Path, text: str) -> None:
+    atomic.write_text(path, text)
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """np.savez, atomically."""
+    import numpy as np
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

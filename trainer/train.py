@@ -23,6 +23,7 @@ from edge_runtime.image import check_resize_method
 
 from . import rundir as R
 from .backbones import get_backbone
+from .compare import flatten
 from .config import TrainConfig
 from .data import load_dataset, make_split
 from .data.pipeline import augmenter, image_dataset
@@ -116,11 +117,12 @@ class BestWeights:
             self.model.set_weights(self.weights)
 
 
-def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
+def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | None = None) -> dict:
     """Fit the head on cached features and set its weights into the model. Returns the head's
-    history (per-epoch curves for sgd; the L2 selection for lbfgs)."""
+    history (per-epoch curves for sgd; the L2 selection for lbfgs); with ``run``, also writes it
+    as TensorBoard logs there."""
     if cfg.head_solver == "sgd":
-        return _train_head_sgd(cfg, parts, F, Y, n)
+        return _train_head_sgd(cfg, parts, F, Y, n, run)
     from .linear import calibrate_temperature, solve_head
 
     loss = "squared-hinge" if cfg.head == "linear-svm" else "logistic"
@@ -136,6 +138,9 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
         W, b = W * t, b * t
         sel.extra["temperature"] = t
     parts.head.get_layer("logits").set_weights([W, b])
+    if run is not None:
+        from .tblog import write_l2_selection
+        write_l2_selection(run, sel.to_dict())
     i = sel.grid.index(sel.l2)
     _log(f"head: L-BFGS {loss}, L2 {sel.l2:.3g} chosen by {sel.method}"
          f"{f' ({sel.folds} folds)' if sel.method == 'k-fold' else ''}, held-out accuracy "
@@ -144,7 +149,7 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
     return {"solver": "lbfgs", "selection": sel.to_dict()}
 
 
-def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
+def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | None = None) -> dict:
     """The epoch-based head (Adam, dropout, label smoothing, early stop on val): kept for
     comparison and for features too many to solve full-batch. It is tiny, so it trains on one
     device (a copy of the head outside any distribution strategy); its weights are then set."""
@@ -166,9 +171,13 @@ def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int) -> dict:
     best = BestWeights(head)
     track = keras.callbacks.LambdaCallback(on_epoch_end=best.update)
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
+    callbacks = [track, stop]
+    if run is not None:
+        from .tblog import keras_callback
+        callbacks.append(keras_callback(run, "head"))
     h = head.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
                  epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-                 class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=[track, stop])
+                 class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=callbacks)
     best.restore()
     if cfg.head == "linear-svm":
         dense = head.get_layer("logits")
@@ -264,8 +273,10 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
                 _log(f"early stop after epoch {epoch + 1}: no val accuracy gain in {fstate['wait']} epochs")
 
     if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
+        from .tblog import keras_callback
         parts.model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
-                        class_weight=cw, callbacks=[Checkpoint()], verbose=_verbose())
+                        class_weight=cw, callbacks=[Checkpoint(), keras_callback(run, "fine_tune")],
+                        verbose=_verbose())
     if (ck / "best.weights.h5").exists():
         parts.model.load_weights(ck / "best.weights.h5")
     hist = dict(fstate["history"])
@@ -275,6 +286,19 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
 
 
 # ------------------------------------------------------------------------- orchestration
+def _track_head(tracker, head: dict) -> None:
+    """sgd: per-epoch curves; lbfgs: the chosen L2 and the held-out curve along the grid."""
+    if head.get("solver") != "lbfgs":
+        tracker.series("head", head)
+        return
+    sel = head["selection"]
+    order = sorted(range(len(sel["grid"])), key=lambda i: -sel["grid"][i])
+    tracker.series("head_l2_path", {"heldout_accuracy": [sel["val_accuracy"][i] for i in order],
+                                    "heldout_loss": [sel["val_loss"][i] for i in order],
+                                    "l2": [sel["grid"][i] for i in order]})
+    tracker.metrics({"head/l2": sel["l2"], "head/seconds": sel["seconds"]})
+
+
 def _save_model(model, run: Path):
     tmp = run / ".model.tmp.keras"
     model.save(tmp)
@@ -305,9 +329,12 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
     return run, split
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run (or continue) training; returns the summary written to RUN/summary in metrics.json."""
+def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> dict:
+    """Run (or continue) training; returns what it wrote to RUN/metrics.json. ``track``: an
+    MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: no tracking)."""
     import keras
+
+    from .tracking import Tracker
 
     t0 = time.time()
     if resume:
@@ -320,6 +347,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             return R.read_json(run / R.METRICS)
     spec = resolve(cfg)
     check_resize_method(cfg.resize)
+    tracker = Tracker(track, explicit=track is not None)  # a missing extra fails before anything is written
     from .hardware import setup
     from .model import build
     strategy, facts = setup(cfg.strategy, cfg.mixed_precision)
@@ -342,6 +370,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "hardware": facts})
     if not resume:
         _set_state(run, phase="started")
+    tracker.start(run, "train", resume=resume, tags={
+        "backbone": f"{spec.name} {cfg.alpha}@{cfg.size}", "head": cfg.head, "fine_tune": cfg.fine_tune,
+        "data_fingerprint": (split.fingerprints or {}).get("data"), "data": cfg.data})
+    tracker.params(flatten(R.read_json(run / R.CONFIG)))
+    try:
+        metrics = _run_phases(run, cfg, spec, parts, split, strategy, facts, resume, t0, tracker)
+    except BaseException:
+        tracker.end(ok=False)
+        raise
+    tracker.end(ok=True)
+    return metrics
+
+
+def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, facts, resume: bool,
+                t0: float, tracker) -> dict:
+    """Features, head, fine-tuning, evaluation: everything that fills an already prepared run."""
+    n = len(split.classes)
     _log(f"{spec.name} alpha {cfg.alpha} @ {cfg.size}px, weights {cfg.weights}, {n} classes, "
          + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test"))
          + f"; {facts['strategy']} x{facts['replicas']}, mixed precision {'on' if facts['mixed_precision'] else 'off'}")
@@ -353,8 +398,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         Y[s] = split.paths_labels(s)[1]
     t_feat = time.time() - t_feat
     t_head = time.time()
-    history = {"head": train_head(cfg, parts, F, Y, n)}
+    history = {"head": train_head(cfg, parts, F, Y, n, run)}
     t_head = time.time() - t_head
+    _track_head(tracker, history["head"])
     _save_model(parts.model, run)
     _set_state(run, phase="head")
     R.write_json(run / R.HISTORY, history)
@@ -362,6 +408,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if spec.family == "hub":
             raise UserError(f"{spec.name}: fine-tuning a TF Hub SavedModel is not supported; drop --fine-tune")
         history["fine_tune"] = fine_tune(run, cfg, parts, split, strategy, facts, resume)
+        tracker.series("fine_tune", history["fine_tune"])
         _save_model(parts.model, run)
         R.write_json(run / R.HISTORY, history)
         _set_state(run, phase="fine_tune")
@@ -379,6 +426,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
                          "total_s": round(time.time() - t0, 2)}
     R.write_json(run / R.METRICS, metrics)
     _set_state(run, phase="done")
+    from .tracking import test_metrics
+    tracker.metrics({**test_metrics(t), **{f"timing/{k}": v for k, v in metrics["timing"].items()}})
+    for f in (R.CONFIG, R.METRICS, R.HISTORY, R.LABELS, f"{R.SPLIT}/split.json"):
+        tracker.artifact(run / f, "run")
+    tracker.artifact(run / R.PLOTS, "plots")
+    tracker.artifact(run / R.MODEL, "model")
     _log(f"done: {spec.name} {cfg.alpha}@{cfg.size} test accuracy {t['accuracy']:.4f} "
          f"(class-avg {t['class_avg_accuracy']:.4f}, n={t['n']}) in {time.time() - t0:.0f}s -> {run}")
     return metrics

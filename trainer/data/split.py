@@ -7,6 +7,7 @@ becomes the held-out test split and a validation part is carved from train.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Split:
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     method: str = "stratified"
     notes: list[str] = field(default_factory=list)
+    fingerprints: dict | None = None  # {"data", "test"}: see content_fingerprints
 
     def __getitem__(self, name: str) -> list[tuple[str, str]]:
         return self.parts[name]
@@ -52,9 +54,11 @@ class Split:
         folder.mkdir(parents=True, exist_ok=True)
         for s in SPLITS:
             write_file_list(folder / f"{s}.tsv", self.root, self.parts[s])
+        if self.fingerprints is None:
+            self.fingerprints = content_fingerprints(self)
         meta = {"root": str(self.root), "classes": self.classes, "seed": self.seed,
                 "fractions": list(self.fractions), "method": self.method,
-                "counts": self.counts(), "notes": self.notes}
+                "counts": self.counts(), "notes": self.notes, "fingerprints": self.fingerprints}
         tmp = folder / "split.json.tmp"
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, folder / "split.json")
@@ -69,7 +73,31 @@ class Split:
             parts[s] = [(Path(p).relative_to(base).as_posix(), c)
                         for p, c in read_file_list(folder / f"{s}.tsv", root=base)]
         return cls(root=base, classes=meta["classes"], parts=parts, seed=meta["seed"],
-                   fractions=tuple(meta["fractions"]), method=meta["method"], notes=meta.get("notes", []))
+                   fractions=tuple(meta["fractions"]), method=meta["method"], notes=meta.get("notes", []),
+                   fingerprints=meta.get("fingerprints"))
+
+
+def content_fingerprints(split: Split) -> dict:
+    """What makes two runs comparable. ``data`` hashes every image's path relative to the data
+    root, class and bytes, whatever split it fell in (same photos, same labels); ``test`` does
+    the same over the test split only (same held-out files). A moved or copied data folder keeps
+    both. A file that cannot be read hashes as missing: the fingerprint then differs from a
+    complete copy, which is the truth (that run saw other data)."""
+    shas = {rel: _file_sha(split.root / rel) for s in SPLITS for rel, _ in split.parts[s]}
+
+    def digest(entries) -> str:
+        h = hashlib.sha256()
+        for rel, label in sorted(entries):
+            h.update(f"{rel}\t{label}\t{shas[rel]}\n".encode())
+        return h.hexdigest()[:16]
+    return {"data": digest([e for s in SPLITS for e in split.parts[s]]), "test": digest(split.parts["test"])}
+
+
+def _file_sha(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def _units(indices: list[int], groups: list[DuplicateGroup]) -> list[list[int]]:
