@@ -10,6 +10,7 @@ import click
 
 from .errors import UserError
 from .image import is_image_file
+from .serve.client import ServerUnreachable
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,8 +33,11 @@ from .image import is_image_file
               help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
 @click.option("--benchmark", is_flag=True, help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json.")
 @click.option("--runs", default=50, show_default=True, help="Timed runs per --benchmark row.")
+@click.option("--server", metavar="URL", help="Classify on an edge-serve server instead (then every argument "
+                                              "is an image); prints what a local run prints.")
+@click.option("--api-key", envvar="EDGE_SERVE_API_KEY", show_envvar=True, help="The server's API key.")
 def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify,
-        video, camera, max_frames, draft, benchmark, runs):
+        video, camera, max_frames, draft, benchmark, runs, server, api_key):
     """Classify IMAGES with the model in DEPLOY (the converter's folder, or a .tflite file).
 
     \b
@@ -46,6 +50,8 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
     """
     from .classifier import Classifier
 
+    if server:
+        sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
     try:
         if benchmark:
             from .benchmark import benchmark as run_bench, format_table, save_report
@@ -71,13 +77,23 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    def local(f):
+        t = time.perf_counter()
+        top = clf.classify(f, top_k)
+        return top, (time.perf_counter() - t) * 1e3
+    sys.exit(_classify_files(files, local, threshold, as_json))
+
+
+def _classify_files(files, classify, threshold, as_json) -> int:
+    """Print one line (or JSON object) per file, the same for a local model and a server."""
     failed = 0
     for f in files:
         try:
-            t = time.perf_counter()
-            top = clf.classify(f, top_k)
-            ms = (time.perf_counter() - t) * 1e3
+            top, ms = classify(f)
         except UserError as e:
+            if isinstance(e, ServerUnreachable):   # stop: every other file would fail the same way
+                click.echo(f"error: {e}", err=True)
+                return 2
             click.echo(f"error: {e}", err=True)
             failed += 1
             continue
@@ -89,7 +105,24 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
             click.echo(f"{f}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ms:.1f} ms)")
     if failed:
         click.echo(f"error: {failed} of {len(files)} image(s) could not be classified", err=True)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+def _remote(url, api_key, paths, folder, top_k, threshold, as_json) -> int:
+    from .serve.client import classify_remote
+
+    files = [Path(p) for p in paths if p]
+    if folder:
+        files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        click.echo("error: nothing to classify: give IMAGE paths or --dir DIR with --server", err=True)
+        return 2
+
+    def remote(f):
+        top, ms, _ = classify_remote(url, f, top_k, api_key)
+        return top, ms
+    return _classify_files(files, remote, threshold, as_json)
 
 
 def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:

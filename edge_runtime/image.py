@@ -38,15 +38,16 @@ _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.B
 REDUCE_NEAREST = "reduce-nearest"
 RESIZE_METHODS = (*_FILTERS, REDUCE_NEAREST)
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
 class ImageError(UserError, ValueError):
     """An image that cannot be used; the message names the file and what is wrong with it."""
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path, reason: str, kind: str = "unusable"):
         self.path = str(path)
         self.reason = reason
+        self.kind = kind   # unusable | not_an_image | too_many_pixels: lets a server pick its status
         super().__init__(f"{path}: {reason}")
 
 
@@ -54,33 +55,40 @@ def is_image_file(path: Union[str, os.PathLike]) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_image(path: Union[str, os.PathLike], max_pixels: int = MAX_PIXELS,
-               draft_size: int | None = None) -> Image.Image:
-    """Open and fully decode an image file as 8-bit RGB, or raise ImageError saying why not.
+def open_image(path: Union[str, os.PathLike, bytes], max_pixels: int = MAX_PIXELS,
+               draft_size: int | None = None, name: str = "<upload>") -> Image.Image:
+    """Open and fully decode an image file (or an encoded image's bytes, called ``name`` in
+    messages) as 8-bit RGB, or raise ImageError saying why not.
 
     Handles zero-byte, non-image, truncated and oversized files; EXIF orientation; and the modes
     that real folders contain (grayscale, palette, RGBA, CMYK, 16-bit). ``draft_size`` lets JPEG
     decoding scale down by 1/2, 1/4 or 1/8 in the DCT while staying at least that large.
     """
-    p = Path(path)
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        p, src = name, io.BytesIO(path)
+        if not len(path):
+            raise ImageError(p, "empty (0 bytes); send the photo's bytes")
+    else:
+        p = src = Path(path)
+        try:
+            if p.stat().st_size == 0:
+                raise ImageError(p, "empty file (0 bytes); delete it or replace it with the photo")
+        except FileNotFoundError:
+            raise ImageError(p, "no such file") from None
     try:
-        if p.stat().st_size == 0:
-            raise ImageError(p, "empty file (0 bytes); delete it or replace it with the photo")
-    except FileNotFoundError:
-        raise ImageError(p, "no such file") from None
-    try:
-        img = Image.open(p)
+        img = Image.open(src)
     except UnidentifiedImageError:
-        raise ImageError(p, "not an image (unrecognised format); remove it from the data folder") from None
+        fix = "send a JPEG, PNG, BMP, GIF, WebP or TIFF file" if p == name else "remove it from the data folder"
+        raise ImageError(p, f"not an image (unrecognised format); {fix}", "not_an_image") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(p, f"refused, too many pixels (decompression-bomb guard): {e}") from None
+        raise ImageError(p, f"refused, too many pixels (decompression-bomb guard): {e}", "too_many_pixels") from None
     except OSError as e:
         raise ImageError(p, f"cannot be opened: {e}") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
         raise ImageError(p, f"refused, {w}x{h} pixels is over the {max_pixels:,}-pixel limit "
-                            "(decompression-bomb guard); downscale the file")
+                            "(decompression-bomb guard); downscale the file", "too_many_pixels")
     try:
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
@@ -240,7 +248,8 @@ def _banding_is_exact(src: tuple[int, int], dst: tuple[int, int], method: str, p
 
 def load_image(image: ImageInput, size: int | tuple[int, int], method: str = RESIZE_METHOD,
                draft: bool = False, workers: int = 1) -> np.ndarray:
-    """A path, PIL image or HxWx3 uint8 RGB frame -> model-sized uint8 RGB array.
+    """A path, encoded image bytes, PIL image or HxWx3 uint8 RGB frame -> model-sized uint8 RGB
+    array.
 
     ``workers``: threads for resizing a large image (same pixels either way, see ``resize``)."""
     if isinstance(image, np.ndarray):

@@ -1,0 +1,2 @@
+"""edge-serve: a deploy folder as a small HTTP service on the device (extra ``edgetl[serve]``:
+FastAPI + uvicorn + prometheus-client; no TensorFlow)."""

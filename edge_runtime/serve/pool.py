@@ -1,0 +1,133 @@
+"""Inference workers behind the HTTP service: one interpreter per thread, a bounded backlog, and
+model generations that can be swapped while requests are in flight.
+
+A request is admitted only while fewer than ``threads + queue`` requests are between admission and
+answer (decoding, waiting or running); otherwise it is refused at once (the server answers 503
+with Retry-After). Memory therefore stays bounded however many clients push. Each worker thread
+owns one interpreter of every loaded generation (an interpreter is never shared between
+threads); a job carries the generation it was preprocessed for, so a swap lets in-flight requests
+finish on the old model while new ones get the new one.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..classifier import Classifier
+from ..errors import UserError
+from ..manifest import load_manifest
+
+
+class Overloaded(Exception):
+    """Every slot is taken: the caller should retry later."""
+
+
+@dataclass
+class Generation:
+    """One loaded model: a Classifier per worker thread, all from the same verified file."""
+    number: int
+    classifiers: list[Classifier]
+    sha256: str
+    precision: str
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def first(self) -> Classifier:
+        return self.classifiers[0]
+
+
+def load_generation(deploy: Path, threads: int, number: int, precision: str | None = None) -> Generation:
+    """Load ``threads`` interpreters of the deploy folder's artifact, each checked against the
+    manifest's sha256 (a damaged or half-copied file raises UserError; nothing is swapped)."""
+    deploy = Path(deploy)
+    if not deploy.is_dir():
+        raise UserError(f"{deploy}: not a deploy folder (expected the folder `edgetl convert` wrote)")
+    man = load_manifest(deploy)
+    art = man.artifact(precision)
+    clfs = [Classifier(deploy, threads=1, precision=precision, verify=True) for _ in range(threads)]
+    return Generation(number=number, classifiers=clfs, sha256=art.sha256, precision=art.precision)
+
+
+@dataclass
+class _Job:
+    x: np.ndarray
+    generation: Generation
+    future: Future
+    enqueued: float
+
+
+class InferencePool:
+    def __init__(self, deploy: Path, threads: int = 1, queue_size: int = 8, precision: str | None = None):
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        if queue_size < 0:
+            raise UserError(f"--queue must be 0 or more, got {queue_size}")
+        self.deploy, self.threads, self.queue_size, self.precision = Path(deploy), threads, queue_size, precision
+        self.current = load_generation(self.deploy, threads, 1, precision)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._slots = threading.Semaphore(threads + queue_size)
+        self._swap = threading.Lock()
+        self._depth = 0
+        self._depth_lock = threading.Lock()
+        self._workers = [threading.Thread(target=self._work, args=(i,), name=f"infer-{i}", daemon=True)
+                         for i in range(threads)]
+        for w in self._workers:
+            w.start()
+
+    # ------------------------------------------------------------------ admission
+    def admit(self) -> None:
+        """Take a slot or raise Overloaded; every admitted request must call ``release`` once."""
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._depth
+
+    # ------------------------------------------------------------------ inference
+    def submit(self, x: np.ndarray, generation: Generation) -> Future:
+        fut: Future = Future()
+        with self._depth_lock:
+            self._depth += 1
+        self._jobs.put(_Job(x, generation, fut, time.perf_counter()))
+        return fut
+
+    def _work(self, i: int) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._depth_lock:
+                self._depth -= 1
+            if not job.future.set_running_or_notify_cancel():   # its request timed out while waiting
+                continue
+            waited = time.perf_counter() - job.enqueued
+            try:
+                t = time.perf_counter()
+                scores = job.generation.classifiers[i].invoke(job.x)
+                job.future.set_result((scores, waited, time.perf_counter() - t))
+            except BaseException as e:  # noqa: BLE001 - the worker must survive any one request
+                job.future.set_exception(e)
+
+    # ------------------------------------------------------------------ hot swap
+    def reload(self) -> tuple[Generation, Generation]:
+        """Re-read the deploy folder and switch to it; returns (old, new). A damaged folder raises
+        UserError and the current model stays."""
+        with self._swap:
+            old = self.current
+            new = load_generation(self.deploy, self.threads, old.number + 1, self.precision)
+            self.current = new
+            return old, new
+
+    def close(self) -> None:
+        for _ in self._workers:
+            self._jobs.put(None)
