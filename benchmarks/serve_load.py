@@ -3,8 +3,8 @@
 1. Reference: the same JPEGs classified by `Classifier` (decode, resize, invoke) in-process on
    T threads, one interpreter each, for --seconds: the in-process rate and median latency.
 2. The real server process (`edge-serve DEPLOY --threads T`) on a loopback port, driven by
-   concurrent httpx clients (asyncio, closed loop) for --seconds: throughput, p50/p90/p99 and
-   errors by status.
+   concurrent asyncio clients (closed loop, keep-alive HTTP/1.1) for --seconds: throughput,
+   p50/p90/p99, errors by status, and the CPU each side spent per request.
 3. Open loop at 80 % of that throughput: p50/p90/p99 (against the in-process median).
 4. Memory: the server's RSS after a warm-up and again after --rss-requests more requests.
 
@@ -36,6 +36,12 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(a, q) -> float:
     return round(float(np.percentile(np.asarray(a) * 1e3, q)), 2) if len(a) else float("nan")
 
@@ -54,19 +60,20 @@ def in_process(deploy: Path, images: list[bytes], threads: int, seconds: float) 
         while time.perf_counter() < stop:
             t = time.perf_counter()
             img = open_image(images[k % len(images)], draft_size=clf.size if clf.draft else None)
-            clf.invoke(clf.preprocess(img))
+            clf.invoke(clf.preprocess(img, workers=1))   # as the server does: the other threads are busy
             lat[i].append(time.perf_counter() - t)
             k += threads
     ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     all_lat = [x for l in lat for x in l]
     return {"requests": len(all_lat), "seconds": round(wall, 2), "rate": round(len(all_lat) / wall, 2),
-            "p50_ms": _pct(all_lat, 50), "p90_ms": _pct(all_lat, 90), "p99_ms": _pct(all_lat, 99)}
+            "p50_ms": _pct(all_lat, 50), "p90_ms": _pct(all_lat, 90), "p99_ms": _pct(all_lat, 99),
+            "cpu_ms_per_request": round(1e3 * cpu / len(all_lat), 3)}
 
 
 class ServerProcess:
@@ -97,58 +104,115 @@ class ServerProcess:
             self.proc.kill()
 
 
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for load generation only: it
+    spends a fraction of httpx's CPU per request, and here the load generator shares the cores
+    with the server it measures. (The tests use httpx.)"""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes, ctype: str = "image/jpeg") -> tuple[int, bytes]:
+        if self.writer is not None:
+            try:   # a kept-alive connection the server has since closed: retry once on a new one
+                return await self._post(path, body, ctype)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+        return await self._post(path, body, ctype)
+
+    async def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status, length, close = int(status_line.split()[1]), 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            if k.lower() == "content-length":
+                length = int(v)
+            elif k.lower() == "connection" and v.strip().lower() == "close":
+                close = True
+        data = await self.reader.readexactly(length)
+        if close:
+            self.close()
+        return status, data
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    hp = url.split("://", 1)[1].rstrip("/")
+    host, _, port = hp.rpartition(":")
+    return host, int(port)
+
+
 async def closed_loop(url: str, images: list[bytes], clients: int, seconds: float | None = None,
                       total: int | None = None) -> dict:
     """``clients`` concurrent clients, each sending its next request when the last is answered,
     for ``seconds`` or until ``total`` requests are done."""
-    import httpx
+    host, port = _host_port(url)
     lat, statuses = [], {}
     sent = 0
     stop = time.perf_counter() + (seconds or 1e9)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits,
-                                 headers={"Content-Type": "image/jpeg"}) as c:
-        async def worker(i: int):
-            nonlocal sent
-            k = i
-            while time.perf_counter() < stop and (total is None or sent < total):
-                sent += 1
-                t = time.perf_counter()
-                try:
-                    r = await c.post("/v1/classify", content=images[k % len(images)])
-                    key = str(r.status_code)
-                except httpx.HTTPError as e:
-                    key = type(e).__name__
-                lat.append(time.perf_counter() - t)
-                statuses[key] = statuses.get(key, 0) + 1
-                k += clients
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(clients)))
-        wall = time.perf_counter() - t0
+
+    async def worker(i: int):
+        nonlocal sent
+        conn, k = Connection(host, port), i
+        while time.perf_counter() < stop and (total is None or sent < total):
+            sent += 1
+            t = time.perf_counter()
+            try:
+                key = str((await conn.post("/v1/classify", images[k % len(images)]))[0])
+            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                key = type(e).__name__
+                conn.close()
+            lat.append(time.perf_counter() - t)
+            statuses[key] = statuses.get(key, 0) + 1
+            k += clients
+        conn.close()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    wall = time.perf_counter() - t0
     return {"requests": len(lat), "seconds": round(wall, 2), "throughput": round(len(lat) / wall, 2),
             "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99), "status": statuses}
 
 
 async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) -> dict:
-    """One request every 1/rate s, whatever the answers do (latency at a given offered load)."""
-    import httpx
-    lat, statuses = [], {}
-    async with httpx.AsyncClient(base_url=url, timeout=60, headers={"Content-Type": "image/jpeg"},
-                                 limits=httpx.Limits(max_connections=500, max_keepalive_connections=500)) as c:
-        async def one(k: int):
-            t = time.perf_counter()
-            try:
-                r = await c.post("/v1/classify", content=images[k % len(images)])
-                key = str(r.status_code)
-            except httpx.HTTPError as e:
-                key = type(e).__name__
-            lat.append(time.perf_counter() - t)
-            statuses[key] = statuses.get(key, 0) + 1
-        tasks, t0 = [], time.perf_counter()
-        for k in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
-            tasks.append(asyncio.ensure_future(one(k)))
-        await asyncio.gather(*tasks)
+    """One request every 1/rate s, whatever the answers do (latency at a given offered load);
+    idle keep-alive connections are reused, new ones opened when all are busy."""
+    host, port = _host_port(url)
+    lat, statuses, idle = [], {}, []
+
+    async def one(k: int):
+        conn = idle.pop() if idle else Connection(host, port)
+        t = time.perf_counter()
+        try:
+            key = str((await conn.post("/v1/classify", images[k % len(images)]))[0])
+            idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+            key = type(e).__name__
+            conn.close()
+        lat.append(time.perf_counter() - t)
+        statuses[key] = statuses.get(key, 0) + 1
+    tasks, t0 = [], time.perf_counter()
+    for k in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        tasks.append(asyncio.ensure_future(one(k)))
+    await asyncio.gather(*tasks)
+    for c in idle:
+        c.close()
     return {"offered_rate": round(rate, 2), "requests": len(lat), "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90),
             "p99_ms": _pct(lat, 99), "status": statuses}
 
@@ -168,7 +232,11 @@ def run(deploy: Path, images: list[bytes], threads: int, seconds: float, rss_req
         clients = 2 * threads
         asyncio.run(closed_loop(srv.url, images, clients, total=100))              # warm-up
         rss0 = _rss_mb(srv.proc.pid)
+        cpu_srv, cpu_cli = _cpu_s(srv.proc.pid), time.process_time()
         served = asyncio.run(closed_loop(srv.url, images, clients, seconds=seconds))
+        served["cpu_ms_per_request"] = {
+            "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / served["requests"], 3),
+            "load_generator": round(1e3 * (time.process_time() - cpu_cli) / served["requests"], 3)}
         at80 = asyncio.run(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
         soak = asyncio.run(closed_loop(srv.url, images, clients, total=rss_requests))
         rss1 = _rss_mb(srv.proc.pid)
@@ -180,7 +248,8 @@ def run(deploy: Path, images: list[bytes], threads: int, seconds: float, rss_req
         "kind": "edgetl-serve-load/1", "deploy": str(deploy), "artifact": art["file"], "sha256": art["sha256"],
         "backbone": man.get("backbone", {}), "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": {"threads": threads, "clients": clients, "seconds": seconds, "images": len(images),
-                   "queue": 4 * threads, "client": "httpx AsyncClient on the same machine, loopback"},
+                   "queue": 4 * threads,
+                   "client": "asyncio keep-alive HTTP/1.1 clients in one process on the same machine, loopback"},
         "in_process": ref, "served": served, "at_80_percent": at80,
         "rss_mb": {"after_warmup": round(rss0, 1), f"after_{soak['requests']}_more": round(rss1, 1),
                    "growth_percent": round(100 * (rss1 - rss0) / rss0, 2), "soak": soak},
@@ -206,6 +275,9 @@ def markdown(r: dict) -> str:
         "",
         f"- served / in-process throughput: **{r['ratios']['throughput_served_over_in_process']}**",
         f"- p99 at 80 % load / in-process median: **{r['ratios']['p99_at_80_over_in_process_median']}**",
+        f"- CPU per request: in-process {ref['cpu_ms_per_request']} ms; served: server process "
+        f"{s['cpu_ms_per_request']['server']} ms + load generator {s['cpu_ms_per_request']['load_generator']} ms "
+        "(same 2 cores)",
         f"- server RSS {rss['after_warmup']} MB after warm-up, {rss[after]} MB {after.replace('_', ' ')} requests: "
         f"**{rss['growth_percent']:+.2f} %** (statuses {rss['soak']['status']})", ""])
 

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,7 +57,7 @@ def load_generation(deploy: Path, threads: int, number: int, precision: str | No
 
 @dataclass
 class _Job:
-    x: np.ndarray
+    prepare: Callable[[Classifier], tuple[np.ndarray, dict]]   # decode + resize, on the worker thread
     generation: Generation
     future: Future
     enqueued: float
@@ -94,11 +95,14 @@ class InferencePool:
         return self._depth
 
     # ------------------------------------------------------------------ inference
-    def submit(self, x: np.ndarray, generation: Generation) -> Future:
+    def submit(self, prepare: Callable[[Classifier], tuple[np.ndarray, dict]], generation: Generation) -> Future:
+        """Queue one image: a worker thread runs ``prepare(its classifier) -> (x, timings)`` (decode
+        and resize: decoding runs beside the other threads' inference) and then the model. The
+        future's result: (scores, timings in ms with queue and invoke added)."""
         fut: Future = Future()
         with self._depth_lock:
             self._depth += 1
-        self._jobs.put(_Job(x, generation, fut, time.perf_counter()))
+        self._jobs.put(_Job(prepare, generation, fut, time.perf_counter()))
         return fut
 
     def _work(self, i: int) -> None:
@@ -111,10 +115,13 @@ class InferencePool:
             if not job.future.set_running_or_notify_cancel():   # its request timed out while waiting
                 continue
             waited = time.perf_counter() - job.enqueued
+            clf = job.generation.classifiers[i]
             try:
+                x, timings = job.prepare(clf)
                 t = time.perf_counter()
-                scores = job.generation.classifiers[i].invoke(job.x)
-                job.future.set_result((scores, waited, time.perf_counter() - t))
+                scores = clf.invoke(x)
+                timings.update(queue=waited * 1e3, invoke=(time.perf_counter() - t) * 1e3)
+                job.future.set_result((scores, timings))
             except BaseException as e:  # noqa: BLE001 - the worker must survive any one request
                 job.future.set_exception(e)
 
