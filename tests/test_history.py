@@ -247,3 +247,14 @@ def test_unreachable_tracking_server_warns_once_and_the_run_is_complete(history_
               "predictions/test.npz"):
         assert (svm / f).exists(), f
     assert not (svm / "tracking.json").exists()
+
+
+def test_eval_with_tracking_adds_its_metrics_to_the_training_run(history_root, synth_data):
+    from mlflow.tracking import MlflowClient
+    ft, store = history_root["ft"], history_root["store"]
+    r = run_cli("edgetl", "eval", ft, "--data", synth_data, "--track", store, env=NO_ENV_TRACKING)
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads((ft / "tracking.json").read_text())["run_id"]
+    m = MlflowClient(tracking_uri=store).get_run(run_id).data.metrics
+    report = json.loads((ft / "metrics.json").read_text())[f"data:{synth_data}"]
+    assert m[f"data/{Path(synth_data).name}/accuracy"] == pytest.approx(report["accuracy"])

@@ -418,3 +418,30 @@ def test_serve_extra_brings_no_tensorflow_and_serves(serve_venv, deployed, tmp_p
         assert r.status_code == 200 and r.json()["top_k"]
     finally:
         srv.stop()
+
+
+def test_several_worker_processes_serve_and_all_take_a_swap(deployed, tmp_path):
+    deploy = tmp_path / "deploy"
+    shutil.copytree(deployed, deploy)
+    srv = Server(deploy, "--workers", "2", "--threads", "1", "--name", "textures")
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            old = {classify(c, PHOTOS[0].read_bytes()).json()["model"]["sha256"] for _ in range(10)}
+            fp32 = _set_default(deploy, "fp32")
+            assert fp32 not in old
+            r = c.post("/v2/repository/models/textures/load")
+            assert r.status_code == 200, r.text
+            deadline, seen = time.time() + 20, set()
+            while time.time() < deadline:
+                seen = {classify(c, PHOTOS[0].read_bytes(), top_k=1).json()["model"]["sha256"] for _ in range(20)}
+                if seen == {fp32}:
+                    break
+                time.sleep(0.3)
+            assert seen == {fp32}
+            from prometheus_client.parser import text_string_to_metric_families
+            fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+            served = sum(s.value for s in fams["edge_serve_requests"].samples
+                         if s.name.endswith("_total") and s.labels.get("route") == "classify")
+            assert served >= 30   # summed over both processes
+    finally:
+        srv.stop()
