@@ -102,9 +102,12 @@ def main(argv=None):
         if a.only and a.only not in key:
             continue
         row = run_row(Path(a.assets), work, data, backbone, alpha, weights)
+        row["command"] = " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])])
+        row["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         done = [r for r in done if (r["data"], r["backbone"], r["alpha"]) != (data, backbone, alpha)] + [row]
         from trainer import rundir as R
-        R.write_json(res_file, {"command": " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])]),
+        R.write_json(res_file, {"command": "python -m benchmarks.accuracy --assets ../shared/assets "
+                                           "--out benchmarks/results/accuracy [--only KEY]; each row keeps its own",
                                 "rows": done})  # after every row: a crash keeps the finished ones
         R.write_text(out / "accuracy.md", markdown(done))
         print(markdown([row]), flush=True)
