@@ -91,6 +91,17 @@ def _check_writable(out: Path):
         raise UserError(f"{out}: output folder is not writable ({e.strerror}); pass --out DIR") from None
 
 
+def default_precision(artifacts: list[dict]) -> str | None:
+    """int8 when it passed verification, else the first that passed (fp32, fp16, dynamic order);
+    None when none did: a rejected artifact is never what a device loads by default."""
+    from edge_runtime.manifest import failed_verification
+
+    ok = [a["precision"] for a in artifacts if not failed_verification(a)]
+    if "int8" in ok:
+        return "int8"
+    return next((p for p in PRECISIONS if p in ok), None)
+
+
 def _track(tracker, run: Path, out: Path, manifest: dict, artifacts: list[dict], ok: bool, settings: dict):
     """A nested MLflow run under the training's: settings, each artifact's verification numbers,
     and the artifacts themselves with labels and manifest (what a device would be given)."""
@@ -240,7 +251,6 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
         "calibration": {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
                         "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False},
         "io": io,
-        "default": "int8" if "int8" in precisions else precisions[0],
         "artifacts": artifacts,
     }
     if (out / NAME).exists():  # keep artifacts of other precisions converted earlier into this folder
@@ -252,8 +262,13 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
         except ValueError:
             pass
-    R.write_json(out / NAME, manifest)
     failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
+    for a in artifacts:   # recorded, so the device can refuse a rejected artifact as its default
+        a["verification"]["status"] = "failed" if a in failed else "passed"
+        if a in failed:
+            a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
+    manifest["default"] = default_precision(manifest["artifacts"])
+    R.write_json(out / NAME, manifest)
     _track(tracker, run, out, manifest, artifacts, ok=not failed, settings={
         "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
         "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})

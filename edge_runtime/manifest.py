@@ -61,14 +61,31 @@ class Manifest:
         return self.data["input"]["resize"]
 
     def artifact(self, precision: str | None = None) -> Artifact:
+        """The named artifact, or the default one. An artifact that failed the converter's
+        accuracy gate is used only when named explicitly (it is never the default)."""
         arts = self.data["artifacts"]
+        explicit = precision is not None
         if precision is None:
-            precision = self.data.get("default", arts[0]["precision"])
+            if "default" in self.data:
+                precision = self.data["default"]
+            else:   # a manifest from before defaults were written: the first that did not fail
+                precision = next((a["precision"] for a in arts if not failed_verification(a)), None)
+            if precision is None:
+                failed = ", ".join(a["precision"] for a in arts if failed_verification(a))
+                raise UserError(f"{self.folder / NAME}: no artifact passed verification ({failed} failed); "
+                                "re-convert, or name one with --precision to use it anyway")
         for a in arts:
             if a["precision"] == precision:
+                if failed_verification(a) and not explicit:
+                    raise UserError(f"{self.folder / NAME}: the default {precision} artifact failed verification; "
+                                    "re-convert, or name it with --precision to use it anyway")
                 return Artifact.from_dict(a)
         raise UserError(f"{self.folder / NAME}: no {precision} artifact; this folder has "
                         f"{', '.join(a['precision'] for a in arts)}")
+
+
+def failed_verification(artifact: dict) -> bool:
+    return (artifact.get("verification") or {}).get("status") == "failed"
 
 
 def load_manifest(folder: Path) -> Manifest:

@@ -174,3 +174,38 @@ def test_a_manifest_with_an_unknown_resize_is_refused_by_name(deployed, tmp_path
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="'lanczos9' is unknown.*upgrade edgetl"):
         Classifier(d)
+
+
+def test_int8_over_max_drop_is_recorded_failed_and_never_the_default(small_run, tmp_path):
+    """--max-drop below any possible drop (negative) makes the gate fail on whatever int8 gives."""
+    from edge_runtime import Classifier
+    from edge_runtime.errors import UserError
+    out = tmp_path / "d"
+    r = run_cli("edgetl", "convert", small_run, "--out", out, "--max-drop", "-100", "--calibration-samples", "30")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: ") and "--max-drop -100" in last
+    m = json.loads((out / "manifest.json").read_text())
+    by = {a["precision"]: a["verification"] for a in m["artifacts"]}
+    assert by["int8"]["status"] == "failed" and "max-drop" in by["int8"]["failure"]
+    assert by["fp32"]["status"] == "passed" and m["default"] == "fp32"
+    assert Classifier(out).precision == "fp32"                       # the device's default skips it
+    assert Classifier(out, precision="int8").precision == "int8"     # named explicitly: allowed
+    m["default"] = "int8"                                            # a hand-edited default is refused
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="failed verification"):
+        Classifier(out)
+
+
+def test_a_folder_whose_only_artifact_failed_has_no_default(deployed, tmp_path):
+    from edge_runtime.errors import UserError
+    from edge_runtime.manifest import load_manifest
+    d = tmp_path / "d"
+    shutil.copytree(deployed, d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["artifacts"] = [a for a in m["artifacts"] if a["precision"] == "int8"]
+    m["artifacts"][0]["verification"]["status"] = "failed"
+    m["default"] = None
+    (d / "manifest.json").write_text(json.dumps(m))
+    r = run_cli("edge-predict", d, ROOT.parent / "shared" / "assets" / "samples" / "cat.jpg")
+    assert r.returncode == 2 and "no artifact passed verification" in r.stderr
+    assert load_manifest(d).artifact("int8").precision == "int8"
