@@ -100,20 +100,20 @@ def outcomes(run: Path) -> dict[str, tuple[str, str]]:
         z = np.load(p)
         classes = [str(c) for c in z["classes"]]
         pred = z["probs"].argmax(axis=1)
-        root = Path(sp.root)
-        out = {}
-        for f, t, q in zip(z["files"], z["y"], pred):
-            f = Path(str(f))
-            rel = f.relative_to(root).as_posix() if f.is_relative_to(root) else f.as_posix()
-            out[rel] = (classes[int(t)], classes[int(q)])
-        return out
+        return {_relative(f, sp.root): (classes[int(t)], classes[int(q)])
+                for f, t, q in zip(z["files"], z["y"], pred)}
     # runs from before the scores were kept: right unless listed as misclassified
     wrong = {}
     for m in R.read_json(run / R.METRICS)["test"].get("misclassified", []):
-        f = Path(m["file"])
-        rel = f.relative_to(sp.root).as_posix() if f.is_relative_to(sp.root) else f.as_posix()
-        wrong[rel] = m["predicted"]
+        wrong[_relative(m["file"], sp.root)] = m["predicted"]
     return {rel: (label, wrong.get(rel, label)) for rel, label in sp["test"]}
+
+
+def _relative(file, root) -> str:
+    """A test file as its path under the data root (how split lists name it), so runs whose data
+    folder moved still line up."""
+    f, root = Path(str(file)), Path(root)
+    return f.relative_to(root).as_posix() if f.is_relative_to(root) else f.as_posix()
 
 
 def compare_runs(runs: list[str | Path], out: str | Path | None = None, max_images: int = 12) -> Comparison:

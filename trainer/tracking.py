@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from edge_runtime import edgetl_version
 from edge_runtime.errors import UserError
 
 from . import rundir as R
@@ -29,14 +30,6 @@ _PARAM_MAX = 6000     # MLflow's limit on one param value
 def _safe_key(k: str) -> str:
     """MLflow keys allow letters, digits and _ - . space / only."""
     return "".join(ch if ch.isalnum() or ch in "_-. /" else "_" for ch in str(k))
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("edgetl")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class Tracker:
@@ -112,7 +105,7 @@ class Tracker:
                 self.client.update_run(self.run_id, status="RUNNING")
                 return self.run_id
             all_tags = {"edgetl.kind": kind, "edgetl.run": str(Path(run_dir).resolve()),
-                        "edgetl.version": _version(), **{k: str(v) for k, v in (tags or {}).items()}}
+                        "edgetl.version": edgetl_version(), **{k: str(v) for k, v in (tags or {}).items()}}
             parent = _record(Path(parent_of)) if parent_of is not None else None
             if parent and parent.get("uri") == self.uri:
                 all_tags["mlflow.parentRunId"] = parent["run_id"]
@@ -154,28 +147,24 @@ class Tracker:
             self._call("logging params", self.client.log_batch, self.run_id, params=items[i:i + 100])
 
     def metrics(self, values: dict, step: int = 0):
-        import time
-
-        from mlflow.entities import Metric
-        if not (self.on and self.run_id):
-            return
-        now = int(time.time() * 1000)
-        items = [Metric(_safe_key(k), float(v), now, step) for k, v in values.items()
-                 if isinstance(v, (int, float)) and v == v]
-        for i in range(0, len(items), 1000):
-            self._call("logging metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
+        self._log_metrics((k, v, step) for k, v in values.items())
 
     def series(self, prefix: str, history: dict):
         """Per-epoch curves: every list-valued entry of a phase's history, step = epoch (1-based)."""
+        self._log_metrics((f"{prefix}/{k}", v, e + 1) for k, vals in history.items() if isinstance(vals, list)
+                          for e, v in enumerate(vals))
+
+    def _log_metrics(self, triples):
+        """(key, value, step) -> MLflow metrics in batches of at most 1000 (its limit); non-numbers
+        and NaN are left out."""
         import time
 
         from mlflow.entities import Metric
         if not (self.on and self.run_id):
             return
         now = int(time.time() * 1000)
-        items = [Metric(_safe_key(f"{prefix}/{k}"), float(v), now, e + 1)
-                 for k, vals in history.items() if isinstance(vals, list)
-                 for e, v in enumerate(vals) if isinstance(v, (int, float))]
+        items = [Metric(_safe_key(k), float(v), now, step) for k, v, step in triples
+                 if isinstance(v, (int, float)) and v == v]
         for i in range(0, len(items), 1000):
             self._call("logging metrics", self.client.log_batch, self.run_id, metrics=items[i:i + 1000])
 

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from .. import edgetl_version
 from ..errors import UserError
 from ..image import ImageError, open_image
 from .pool import Generation, InferencePool, Overloaded
@@ -135,8 +136,8 @@ def create_app(cfg: ServeConfig):
         return bytes(buf)
 
     async def infer(prepares: list, deadline: float):
-        """One admission for one request (a v2 batch included): preprocess its images in a thread
-        beside the inference threads, then run them, all within one deadline.
+        """One admission for one request (a v2 batch included): each image is decoded, resized and
+        run on an inference thread (beside the other threads' work), all within one deadline.
         ``prepare(generation) -> (x, timings)``. Returns (generation, [scores], [timings])."""
         p = pool()
         try:
@@ -218,7 +219,7 @@ def create_app(cfg: ServeConfig):
 
     @app.get("/v2", summary="Server metadata")
     async def server_meta():
-        return {"name": "edge-serve", "version": _version(), "extensions": ["model_repository"]}
+        return {"name": "edge-serve", "version": edgetl_version(), "extensions": ["model_repository"]}
 
     @app.get("/v2/health/live")
     async def live():
@@ -414,14 +415,6 @@ def _route_label(path: str) -> str:
     if path.startswith("/v2/models/"):
         return "infer" if path.endswith("/infer") else "model"
     return "other"
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("edgetl")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _metadata(name: str, gen: Generation) -> dict:
