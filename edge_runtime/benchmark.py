@@ -17,15 +17,19 @@ import numpy as np
 from .classifier import Classifier
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo on Linux, x86 and ARM)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith(("model name", "hardware", "cpu model")):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    cpu = cpu_name()
     from .interpreter import interpreter_class
     _, runtime = interpreter_class()
     from importlib.metadata import PackageNotFoundError, version

@@ -149,16 +149,21 @@ def data_split(source, out, fractions, seed):
 @click.option("--no-augment", is_flag=True, help="Fine-tune without augmentation.")
 @click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test split.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["tensorflow", "jax"]),
+              help="Keras backend to train on (default: $KERAS_BACKEND, else Keras' configured one). "
+                   "A run trained on JAX converts with edgetl[train] like any other.")
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default="auto",
-              show_default=True, help="tf.distribute strategy (auto: mirrored on >1 GPU).")
+              show_default=True, help="auto: data-parallel over all local GPUs when there are several; "
+                                      "multiworker: one process per machine (TF_CONFIG on TensorFlow, "
+                                      "KERAS_DISTRIBUTION_* on JAX; see README).")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="auto: on GPU only.")
+              help="auto: bfloat16 on GPUs that have it (float16 on older ones), off on CPU.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
 @_track_option
 @friendly
 def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, no_refit, epochs, fine_tune, fine_tune_blocks,
           fine_tune_epochs, fine_tune_lr, batch_size, lr, dropout, l2, label_smoothing, class_weights,
-          no_augment, fractions, seed, strategy, mixed_precision, resume_dir, track):
+          no_augment, fractions, seed, backend, strategy, mixed_precision, resume_dir, track):
     """Train a classifier on DATA (folder-per-class, pre-split folder or tfds:<name>) into --out."""
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
@@ -174,7 +179,7 @@ def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, 
                       fine_tune_lr=fine_tune_lr, batch_size=batch_size,
                       lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
                       class_weights=class_weights, augment=not no_augment, fractions=_fractions(fractions),
-                      seed=seed, strategy=strategy, mixed_precision=mixed_precision)
+                      seed=seed, backend=backend, strategy=strategy, mixed_precision=mixed_precision)
     run_training(cfg, track=track)
 
 

@@ -125,10 +125,13 @@ def _load_weights_file(model, path: str, name: str):
     return model
 
 
-def keras_app_builder(ctor: Callable, name: str, top: bool = False, **fixed):
-    """Builder for a keras.applications model with chosen weights: no top, global average pooling,
-    or (``top``) the ImageNet classifier ending in logits."""
+def keras_app_builder(app: str, name: str, top: bool = False, **fixed):
+    """Builder for the keras.applications model ``app`` (class name) with chosen weights: no top,
+    global average pooling, or (``top``) the ImageNet classifier ending in logits. Keras is
+    imported only when a model is built: importing it binds the backend `edgetl train` chooses."""
     def build(size: int, alpha: float, weights: str):
+        import keras
+        ctor = getattr(keras.applications, app)
         kwargs = (dict(input_shape=(size, size, 3), include_top=True, classifier_activation=None, **fixed) if top
                   else dict(input_shape=(size, size, 3), include_top=False, pooling="avg", **fixed))
         if "alpha" in inspect.signature(ctor).parameters:
@@ -143,17 +146,14 @@ def keras_app_builder(ctor: Callable, name: str, top: bool = False, **fixed):
 
 
 def _register_keras_apps():
-    import keras
-    A = keras.applications
-
     mnv2_width = lambda a: 1280 if a <= 1.0 else int(1280 * a)  # noqa: E731  (Keras rule)
     register(Backbone(
         name="mobilenet_v2", family="mobilenet_v2", default_size=224, min_size=32, max_size=224,
         preprocessing="minus1to1", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0,
         weights_source="keras.applications (ImageNet, ~/.keras/models); local .h5 via --weights",
-        feature_width=mnv2_width, build_base=keras_app_builder(A.MobileNetV2, "mobilenet_v2"),
-        build_classifier=keras_app_builder(A.MobileNetV2, "mobilenet_v2", top=True)))
-    for variant, ctor, width in (("small", A.MobileNetV3Small, 576), ("large", A.MobileNetV3Large, 960)):
+        feature_width=mnv2_width, build_base=keras_app_builder("MobileNetV2", "mobilenet_v2"),
+        build_classifier=keras_app_builder("MobileNetV2", "mobilenet_v2", top=True)))
+    for variant, ctor, width in (("small", "MobileNetV3Small", 576), ("large", "MobileNetV3Large", 960)):
         register(Backbone(
             name=f"mobilenet_v3_{variant}", family="mobilenet_v3", default_size=224, min_size=32,
             max_size=224, preprocessing="internal", alphas=(0.75, 1.0), default_alpha=1.0,
@@ -169,14 +169,14 @@ def _register_keras_apps():
             name=f"efficientnet_b{i}", family="efficientnet", default_size=size, min_size=32,
             max_size=600, preprocessing="internal", weights_source="keras.applications (ImageNet)",
             feature_width=lambda a, w=width: w,
-            build_base=keras_app_builder(getattr(A, f"EfficientNetB{i}"), f"efficientnet_b{i}"),
-            build_classifier=keras_app_builder(getattr(A, f"EfficientNetB{i}"), f"efficientnet_b{i}", top=True)))
+            build_base=keras_app_builder(f"EfficientNetB{i}", f"efficientnet_b{i}"),
+            build_classifier=keras_app_builder(f"EfficientNetB{i}", f"efficientnet_b{i}", top=True)))
     register(Backbone(
         name="efficientnetv2_b0", family="efficientnetv2", default_size=224, min_size=32, max_size=480,
         preprocessing="internal", weights_source="keras.applications (ImageNet)",
         feature_width=lambda a: 1280,
-        build_base=keras_app_builder(A.EfficientNetV2B0, "efficientnetv2_b0", include_preprocessing=True),
-        build_classifier=keras_app_builder(A.EfficientNetV2B0, "efficientnetv2_b0", top=True,
+        build_base=keras_app_builder("EfficientNetV2B0", "efficientnetv2_b0", include_preprocessing=True),
+        build_classifier=keras_app_builder("EfficientNetV2B0", "efficientnetv2_b0", top=True,
                                            include_preprocessing=True)))
 
 

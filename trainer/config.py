@@ -39,6 +39,7 @@ class TrainConfig:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     # hardware
+    backend: str | None = None          # tensorflow | jax; None = Keras' configured backend
     strategy: str = "auto"              # auto | default | mirrored | multiworker
     mixed_precision: str = "auto"       # auto (on GPU only) | on | off
     extra: dict = field(default_factory=dict)

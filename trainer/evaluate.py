@@ -9,7 +9,7 @@ import numpy as np
 from edge_runtime.errors import UserError
 
 from . import rundir as R
-from .data.pipeline import image_dataset, load_arrays
+from .data.pipeline import load_arrays, predict_images
 from .data.split import Split
 from .metrics import classification_report
 from .plots import plot_confusion, plot_prediction_grid, plot_roc
@@ -48,10 +48,10 @@ def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarra
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
-                 plots: bool = True, batch_size: int = 32, track: str | None = None) -> dict:
+                 plots: bool = True, batch_size: int = 32, track: str | None = None, hw=None) -> dict:
     """Score the run on its test split (or ``data``), update RUN/metrics.json and the plots.
     ``track``: an MLflow URI; the metrics are added to the run's MLflow run (`train` passes
-    nothing here: it logs its own)."""
+    nothing here: it logs its own). ``hw``: where ``model`` was placed (`train` passes it)."""
     run = Path(run)
     tracker = None
     if track is not None:
@@ -61,7 +61,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     size = int(model.inputs[0].shape[1])
     method = R.read_resize(run)
     paths, y, classes = eval_items(run, data)
-    probs = model.predict(image_dataset(paths, size=size, batch_size=batch_size, method=method), verbose=0)
+    probs = predict_images(model, paths, size, batch_size, method, hw)
     report = classification_report(y, probs, classes, files=paths)
     metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
     key = split_name if data is None else f"data:{data}"

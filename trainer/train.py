@@ -26,7 +26,7 @@ from .backbones import get_backbone
 from .compare import flatten
 from .config import TrainConfig
 from .data import load_dataset, make_split
-from .data.pipeline import augmenter, image_dataset
+from .data.pipeline import augmenter, image_dataset, predict_images, training_model
 from .data.split import Split
 
 
@@ -81,7 +81,7 @@ def _cache_key(cfg: TrainConfig, paths: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str) -> np.ndarray:
+def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str, hw=None) -> np.ndarray:
     """Backbone features of one split, computed once and kept in RUN/cache."""
     paths, _ = split.paths_labels(name)
     key = _cache_key(cfg, paths)
@@ -89,8 +89,8 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str)
     if f.exists():
         return np.load(f)
     t = time.time()
-    ds = image_dataset(paths, size=cfg.size, batch_size=cfg.batch_size, method=cfg.resize)
-    feats = parts.features.predict(ds, verbose=0 if not paths else _verbose()).astype(np.float32)
+    feats = predict_images(parts.features, paths, cfg.size, cfg.batch_size, cfg.resize, hw,
+                           verbose=0 if not paths else _verbose())
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_name(f.name + ".tmp.npy")
     np.save(tmp, feats)
@@ -194,9 +194,10 @@ def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path
 
 
 # ------------------------------------------------------------------------- phase 2
-def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts, resume: bool) -> dict:
+def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, resume: bool) -> dict:
     import keras
 
+    from .hardware import fit_data, prepare_model
     from .model import unfreeze_top
 
     ck = run / R.CHECKPOINTS
@@ -204,18 +205,23 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
     paths, y = split.paths_labels("train")
     vpaths, vy = split.paths_labels("val")
     n = len(split.classes)
-    steps = int(np.ceil(len(paths) / cfg.batch_size))
+    replicas = strategy.num_replicas_in_sync
+    # data-parallel batches must split evenly across replicas: drop the ragged end (fewer than
+    # one batch of images per epoch); validation keeps all but fewer than `replicas` images
+    even = replicas > 1
+    steps = len(paths) // cfg.batch_size if even and len(paths) >= cfg.batch_size else int(np.ceil(len(paths) / cfg.batch_size))
     total = steps * cfg.fine_tune_epochs
     warm = max(1, int(steps * cfg.warmup_epochs))
     with strategy.scope():
         trainable = unfreeze_top(parts.base, cfg.fine_tune_blocks, train_bn=cfg.weights == "none")
+        model = prepare_model(training_model(parts.model, augmenter(cfg.seed) if cfg.augment else None), hw)
         sched = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=cfg.fine_tune_lr / 10, decay_steps=max(total - warm, 1),
             warmup_target=cfg.fine_tune_lr, warmup_steps=warm, alpha=0.01)
-        parts.model.compile(
+        model.compile(
             keras.optimizers.Adam(sched),
             keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=["accuracy"], jit_compile=facts["jit_compile"])
+            metrics=["accuracy"], jit_compile=hw.jit_compile)
     _log(f"fine-tune: top {cfg.fine_tune_blocks} blocks ({trainable} layers with weights) trainable, "
          f"lr {cfg.fine_tune_lr} warm-up {warm} steps then cosine over {total} steps")
     start, fstate = 0, {"best_val_accuracy": -1.0, "best_val_loss": float("inf"), "wait": 0,
@@ -225,30 +231,22 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
         start = fstate["epoch"]
         parts.model.load_weights(ck / "last.weights.h5")
         opt_vars = np.load(ck / "optimizer.npz")
-        parts.model.optimizer.build(parts.model.trainable_variables)
-        for v, a in zip(parts.model.optimizer.variables, [opt_vars[k] for k in sorted(opt_vars, key=int)]):
+        model.optimizer.build(model.trainable_variables)
+        for v, a in zip(model.optimizer.variables, [opt_vars[k] for k in sorted(opt_vars, key=int)]):
             v.assign(a)
         _log(f"resuming fine-tuning after epoch {start}")
     keras.utils.set_random_seed(cfg.seed + 1000 + start)
-    train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True,
-                             seed=cfg.seed + start,
-                             cache=len(paths) * cfg.size ** 2 * 3 < 3e9,
-                             augment=augmenter(cfg.seed) if cfg.augment else None, num_classes=n)
-    replicas = strategy.num_replicas_in_sync
-    if replicas > 1:
-        # tf.distribute needs batches that split evenly across replicas: drop the ragged end
-        # (fewer than one batch of images per epoch; validation keeps all but < replicas).
-        vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas))
-        train_ds = image_dataset(paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True,
-                                 seed=cfg.seed + start, cache=True,
-                                 augment=augmenter(cfg.seed) if cfg.augment else None,
-                                 num_classes=n, drop_remainder=len(paths) >= cfg.batch_size)
-        val_ds = image_dataset(vpaths, vy, cfg.size, vbatch, method=cfg.resize, cache=True, num_classes=n,
-                               drop_remainder=True)
-    else:
-        val_ds = image_dataset(vpaths, vy, cfg.size, cfg.batch_size, method=cfg.resize, cache=True,
-                               num_classes=n)
+    vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas)) if even else cfg.batch_size
+    train_ds = fit_data(strategy, hw, lambda shard: image_dataset(
+        paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True, seed=cfg.seed + start,
+        num_classes=n, drop_remainder=even and len(paths) >= cfg.batch_size, shard=shard))
+    val_ds = fit_data(strategy, hw, lambda shard: image_dataset(
+        vpaths, vy, cfg.size, vbatch, method=cfg.resize, num_classes=n, drop_remainder=even, shard=shard))
     cw = class_weights(y, n, cfg.class_weights)
+
+    def save_weights(name: str):
+        parts.model.save_weights(ck / f".{name}.weights.h5")
+        os.replace(ck / f".{name}.weights.h5", ck / f"{name}.weights.h5")
 
     class Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -258,13 +256,12 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
             acc, loss = logs.get("val_accuracy", 0), logs.get("val_loss", 0)
             if acc > fstate["best_val_accuracy"] or (acc == fstate["best_val_accuracy"] and loss < fstate["best_val_loss"]):
                 fstate.update(best_val_accuracy=acc, best_val_loss=loss, wait=0, best_epoch=epoch + 1)
-                self.model.save_weights(ck / ".best.weights.h5")
-                os.replace(ck / ".best.weights.h5", ck / "best.weights.h5")
+                save_weights("best")
             else:
                 fstate["wait"] += 1
-            self.model.save_weights(ck / ".last.weights.h5")
-            np.savez(ck / ".optimizer.npz", **{str(i): v.numpy() for i, v in enumerate(self.model.optimizer.variables)})
-            os.replace(ck / ".last.weights.h5", ck / "last.weights.h5")
+            save_weights("last")
+            np.savez(ck / ".optimizer.npz", **{str(i): keras.ops.convert_to_numpy(v)
+                                                for i, v in enumerate(model.optimizer.variables)})
             os.replace(ck / ".optimizer.npz", ck / "optimizer.npz")
             fstate["epoch"] = epoch + 1
             R.write_json(ck / "finetune_state.json", fstate)  # written last: the commit point
@@ -274,9 +271,9 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, facts,
 
     if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
         from .tblog import keras_callback
-        parts.model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
-                        class_weight=cw, callbacks=[Checkpoint(), keras_callback(run, "fine_tune")],
-                        verbose=_verbose())
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
+                  class_weight=cw, callbacks=[Checkpoint(), keras_callback(run, "fine_tune")],
+                  verbose=_verbose())
     if (ck / "best.weights.h5").exists():
         parts.model.load_weights(ck / "best.weights.h5")
     hist = dict(fstate["history"])
@@ -331,26 +328,48 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
 
 def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> dict:
     """Run (or continue) training; returns what it wrote to RUN/metrics.json. ``track``: an
-    MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: no tracking)."""
-    import keras
+    MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none: no tracking). The Keras backend is
+    ``cfg.backend`` (None: Keras' configured one); a resumed run keeps the one it started with."""
+    from .hardware import use_backend
 
-    from .tracking import Tracker
-
-    t0 = time.time()
     if resume:
         run = Path(cfg.out)
         if not (run / R.CONFIG).exists():
             raise UserError(f"{run}: no config.json here, nothing to resume; start with `edgetl train DATA --out {run}`")
         cfg = TrainConfig.from_dict(R.read_json(run / R.CONFIG)["train"])
+        cfg.out = str(run)   # the folder given, wherever the run was started or moved from
         if _state(run).get("phase") == "done":
             _log(f"{run}: already finished")
             return R.read_json(run / R.METRICS)
-    spec = resolve(cfg)
-    check_resize_method(cfg.resize)
-    tracker = Tracker(track, explicit=track is not None)  # a missing extra fails before anything is written
+    with use_backend(cfg.backend) as backend:
+        cfg.backend = backend
+        return _train(cfg, resume, track)
+
+
+def _refuse_tensorflow_only(cfg: TrainConfig, spec) -> None:
+    if cfg.backend == "tensorflow":
+        return
+    if spec.family == "hub":
+        raise UserError(f"{spec.name}: TF Hub backbones run on TensorFlow only; use --backend tensorflow")
+    if str(cfg.data).startswith("tfds:"):
+        raise UserError(f"{cfg.data}: tensorflow-datasets needs TensorFlow; materialise it once with "
+                        f"`edgetl data tfds` (or train with --backend tensorflow)")
+
+
+def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
+    import keras
+
     from .hardware import setup
     from .model import build
-    strategy, facts = setup(cfg.strategy, cfg.mixed_precision)
+    from .tracking import Tracker
+
+    t0 = time.time()
+    spec = resolve(cfg)
+    check_resize_method(cfg.resize)
+    _refuse_tensorflow_only(cfg, spec)
+    tracker = Tracker(track, explicit=track is not None)  # a missing extra fails before anything is written
+    strategy, hw = setup(cfg.backend, cfg.strategy, cfg.mixed_precision)
+    _log(hw.line())
     keras.utils.set_random_seed(cfg.seed)
     run_existed = Path(cfg.out).exists()
     run, split = prepare_run(cfg, resume)  # checks the data before anything is written
@@ -367,7 +386,7 @@ def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> d
         "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
         "weights_source": spec.weights_source if cfg.weights == "imagenet" else cfg.weights},
         "input": {"size": cfg.size, "range": [0, 255], "color": "RGB", "resize": cfg.resize},
-        "hardware": facts})
+        "hardware": hw.to_dict()})
     if not resume:
         _set_state(run, phase="started")
     tracker.start(run, "train", resume=resume, tags={
@@ -375,7 +394,7 @@ def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> d
         "data_fingerprint": (split.fingerprints or {}).get("data"), "data": cfg.data})
     tracker.params(flatten(R.read_json(run / R.CONFIG)))
     try:
-        metrics = _run_phases(run, cfg, spec, parts, split, strategy, facts, resume, t0, tracker)
+        metrics = _run_phases(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker)
     except BaseException:
         tracker.end(ok=False)
         raise
@@ -383,22 +402,23 @@ def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> d
     return metrics
 
 
-def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, facts, resume: bool,
+def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, hw, resume: bool,
                 t0: float, tracker) -> dict:
     """Features, head, fine-tuning, evaluation: everything that fills an already prepared run."""
     n = len(split.classes)
     _log(f"{spec.name} alpha {cfg.alpha} @ {cfg.size}px, weights {cfg.weights}, {n} classes, "
-         + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test"))
-         + f"; {facts['strategy']} x{facts['replicas']}, mixed precision {'on' if facts['mixed_precision'] else 'off'}")
+         + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test")))
 
     t_feat = time.time()
     F, Y = {}, {}
     for s in ("train", "val"):
-        F[s] = cached_features(run, cfg, parts, split, s)
+        F[s] = cached_features(run, cfg, parts, split, s, hw)
         Y[s] = split.paths_labels(s)[1]
     t_feat = time.time() - t_feat
     t_head = time.time()
-    history = {"head": train_head(cfg, parts, F, Y, n, run)}
+    from .hardware import one_device
+    with one_device(hw):
+        history = {"head": train_head(cfg, parts, F, Y, n, run)}
     t_head = time.time() - t_head
     _track_head(tracker, history["head"])
     _save_model(parts.model, run)
@@ -407,7 +427,7 @@ def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy
     if cfg.fine_tune:
         if spec.family == "hub":
             raise UserError(f"{spec.name}: fine-tuning a TF Hub SavedModel is not supported; drop --fine-tune")
-        history["fine_tune"] = fine_tune(run, cfg, parts, split, strategy, facts, resume)
+        history["fine_tune"] = fine_tune(run, cfg, parts, split, strategy, hw, resume)
         tracker.series("fine_tune", history["fine_tune"])
         _save_model(parts.model, run)
         R.write_json(run / R.HISTORY, history)
@@ -416,7 +436,7 @@ def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy
     from .evaluate import evaluate_run
     from .plots import plot_history
     plot_history(history, run / R.PLOTS / "history.png")
-    metrics = evaluate_run(run, model=parts.model)
+    metrics = evaluate_run(run, model=parts.model, hw=hw)
     t = metrics["test"]
     if "selection" in history["head"]:
         metrics["head"] = history["head"]["selection"]
