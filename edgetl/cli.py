@@ -154,8 +154,8 @@ def data_split(source, out, fractions, seed):
                    "A run trained on JAX converts with edgetl[train] like any other.")
 @click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default="auto",
               show_default=True, help="auto: data-parallel over all local GPUs when there are several; "
-                                      "multiworker: one process per machine (TF_CONFIG on TensorFlow, "
-                                      "KERAS_DISTRIBUTION_* on JAX; see README).")
+                                      "multiworker: one process per machine from TF_CONFIG "
+                                      "(TensorFlow only; see README).")
 @click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="auto: bfloat16 on GPUs that have it (float16 on older ones), off on CPU.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
