@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import Classifier
+from .errors import UserError
 
 
 def cpu_name() -> str:
@@ -77,9 +78,14 @@ def benchmark(deploy, precisions: list[str] | None = None, threads: list[int] | 
     """Every (or the chosen) artifact of a deploy folder (or one .tflite) at each thread count."""
     p = Path(deploy)
     from .manifest import load_manifest
+    if runs < 1:
+        raise UserError(f"--runs {runs}: give 1 or more timed runs per row")
     if p.is_dir():
         man = load_manifest(p)
         arts = [a["precision"] for a in man.data["artifacts"]]
+        unknown = sorted(set(precisions or []) - set(arts))
+        if unknown:
+            raise UserError(f"{p}: no {', '.join(unknown)} artifact here; it has {', '.join(arts)}")
         precisions = [q for q in arts if precisions is None or q in precisions]
     else:
         precisions = [None]

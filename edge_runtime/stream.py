@@ -85,6 +85,9 @@ def camera_frames(source: str) -> Iterator[np.ndarray]:
         index = int(source)
     except ValueError:
         raise UserError(f"--camera {source!r}: give a camera index (0, 1, ...) or 'picamera'") from None
+    if not 0 <= index < MAX_CAMERA_INDEX:   # OpenCV crashes on a negative index, raises on a huge one
+        raise UserError(f"--camera {index}: a camera index is 0 to {MAX_CAMERA_INDEX - 1} (0 is the first "
+                        "camera; see ls /dev/video*)")
     cv2 = _cv2()
     cap = cv2.VideoCapture(index)
     ok, frame = (cap.read() if cap.isOpened() else (False, None))
@@ -93,6 +96,9 @@ def camera_frames(source: str) -> Iterator[np.ndarray]:
         raise UserError(f"camera {index}: no camera found or it gives no frames (is /dev/video{index} present "
                         "and free?); check the connection or use --video FILE")
     return _rgb_frames(cap, frame)
+
+
+MAX_CAMERA_INDEX = 1024
 
 
 @dataclass

@@ -50,7 +50,22 @@ def resolve(cfg: TrainConfig):
         raise UserError(f"unknown --head {cfg.head!r}; use softmax or linear-svm")
     if cfg.head_solver not in ("lbfgs", "sgd"):
         raise UserError(f"unknown --head-solver {cfg.head_solver!r}; use lbfgs or sgd")
+    check_numbers(cfg)
     return spec
+
+
+def check_numbers(cfg: TrainConfig) -> None:
+    """Options that would otherwise fail only at the end of a run (and be saved for --resume)."""
+    for name in ("batch_size", "epochs", "fine_tune_epochs", "patience", "fine_tune_patience"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: give 1 or more")
+    train, val, test = cfg.fractions
+    if min(cfg.fractions) < 0 or abs(train + val + test - 1) > 1e-6 or train <= 0 or test <= 0:
+        raise UserError(f"--fractions {','.join(map(str, cfg.fractions))}: give train,val,test shares that "
+                        "add up to 1, with train and test above 0 (e.g. 0.8,0.1,0.1)")
+    if cfg.fine_tune and val <= 0:
+        raise UserError("--fine-tune early-stops on the validation split: give it a share in --fractions "
+                        "(e.g. 0.8,0.1,0.1)")
 
 
 def _state(run: Path) -> dict:

@@ -83,6 +83,10 @@ def make_image(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 def generate(out: Path, per_class: int = 60, size: int = 128, seed: int = 0,
              classes: tuple[str, ...] = CLASSES) -> Path:
     """Write ``out/<class>/<class>_NNNN.jpg``; deterministic for a seed."""
+    if per_class < 1 or size < 16:
+        from edge_runtime.errors import UserError
+        raise UserError(f"synthetic data needs --per-class 1 or more and --size 16 or more "
+                        f"(got {per_class} and {size})")
     out = Path(out)
     rng = np.random.default_rng(seed)
     for kind in classes:

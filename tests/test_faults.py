@@ -1,0 +1,79 @@
+"""Bad options get one clear error line and exit 2, before anything is written or overwritten."""
+import json
+
+import pytest
+
+from tests.conftest import SAMPLES, run_cli
+
+
+def _one_error_line(r, starts: str):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {starts}"), last
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-k", "-1"], "--top-k -1: show at least 1 class"),
+    (["--top-k", "0"], "--top-k 0: show at least 1 class"),
+    (["--threshold", "2"], "--threshold 2.0: scores are probabilities; give a number from 0 to 1"),
+    (["--threshold", "nan"], "--threshold nan: scores are probabilities"),
+    (["--threads", "0"], "--threads 0: give 1 or more, or leave it out"),
+    (["--threads", "-1"], "--threads -1: give 1 or more"),
+    (["--max-frames", "0"], "--max-frames 0: give 1 or more"),
+])
+def test_edge_predict_refuses_options_that_would_print_nothing(deployed, args, message):
+    _one_error_line(run_cli("edge-predict", deployed, SAMPLES / "cat.jpg", *args), message)
+
+
+@pytest.mark.parametrize("camera", ["-1", "99999999999"])
+def test_camera_index_out_of_range_is_an_error_not_a_crash(deployed, camera):
+    _one_error_line(run_cli("edge-predict", deployed, "--camera", camera), f"--camera {camera}: a camera index is 0 to")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "0"], "--runs 0: give 1 or more timed runs"),
+    (["--precision", "int4"], "{deploy}: no int4 artifact here; it has fp32, int8"),
+])
+def test_benchmark_refuses_bad_options_and_keeps_the_saved_report(deployed, args, message):
+    saved = deployed / "benchmark.json"
+    before = saved.read_bytes() if saved.exists() else None
+    _one_error_line(run_cli("edge-predict", deployed, "--benchmark", *args), message.format(deploy=deployed))
+    assert (saved.read_bytes() if saved.exists() else None) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "--epochs 0: give 1 or more"),
+    (["--batch-size", "0"], "--batch-size 0: give 1 or more"),
+    (["--fractions", "0.5,0.5,0"], "--fractions 0.5,0.5,0.0: give train,val,test shares that add up to 1"),
+    (["--fractions", "0.7,0.7,0.1"], "--fractions 0.7,0.7,0.1: give train,val,test shares"),
+    (["--fine-tune", "--fractions", "0.9,0,0.1"], "--fine-tune early-stops on the validation split"),
+])
+def test_train_checks_numbers_before_writing_anything(synth_data, tmp_path, args, message):
+    out = tmp_path / "run"
+    _one_error_line(run_cli("edgetl", "train", synth_data, "--out", out, *args), message)
+    assert not out.exists()          # nothing saved that --resume would trip over
+
+
+def test_synthetic_data_of_size_zero_is_refused(tmp_path):
+    _one_error_line(run_cli("edgetl", "data", "synth", tmp_path / "s", "--size", "0"),
+                    "synthetic data needs --per-class 1 or more and --size 16 or more")
+    assert not (tmp_path / "s").exists()
+
+
+def test_resume_works_on_the_folder_given_after_the_run_was_moved(small_run, tmp_path):
+    """config.json keeps the --out the run was started with; resume must not follow it."""
+    import shutil
+    original = (small_run / "metrics.json").read_bytes()
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(small_run, moved)
+    cfg = json.loads((moved / "config.json").read_text())
+    assert cfg["train"]["out"] != str(moved)
+    state = json.loads((moved / "state.json").read_text())
+    (moved / "state.json").write_text(json.dumps({**state, "phase": "head"}))   # as if killed after the head
+    (moved / "metrics.json").unlink()
+    r = run_cli("edgetl", "train", "--resume", moved, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((moved / "state.json").read_text())["phase"] == "done"
+    assert (moved / "metrics.json").exists()
+    assert (small_run / "metrics.json").read_bytes() == original     # the old location is untouched
