@@ -67,6 +67,12 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
             if saved and not as_json:
                 click.echo(f"saved {saved} (edgetl runs shows it beside the run)", err=True)
             return
+        sources = [n for n, on in (("--eval", eval_src), ("--video", video), ("--camera", camera is not None)) if on]
+        if len(sources) > 1 or (sources and (images or folder)):
+            raise UserError(f"{' and '.join(sources + (['IMAGE/--dir'] if images or folder else []))} "
+                            "cannot be combined: run them one at a time")
+        if folder and not Path(folder).is_dir():
+            raise UserError(f"--dir {folder}: no such folder")
         clf = Classifier(deploy, threads=threads, precision=precision, verify=not no_verify)
         if draft is not None:
             clf.draft = draft
@@ -165,10 +171,13 @@ def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:
     return 0
 
 
-def _eval(clf, src: Path, data_root, as_json) -> int:
-    """Accuracy of the artifact on a folder-per-class set or a saved split list."""
+def _eval_items(src: Path, data_root) -> tuple[Path, list]:
+    """(what is scored, [(photo, class)]) from a split list, a training run's folder (its test
+    split) or a folder-per-class set."""
     from .filelist import read_file_list
 
+    if src.is_dir() and (src / "split" / "test.tsv").is_file() and (src / "config.json").is_file():
+        src = src / "split" / "test.tsv"          # a run folder: its held-out test split
     if src.is_file():
         items = read_file_list(src, root=Path(data_root) if data_root else None)
     elif src.is_dir():
@@ -176,19 +185,39 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
                  for p in sorted(c.rglob("*")) if p.is_file() and is_image_file(p)]
     else:
         raise UserError(f"{src}: no such folder or split list")
+    if not items:
+        raise UserError(f"{src}: no labelled photos found; give CLASS/photo.jpg folders, a split list "
+                        "(RUN/split/test.tsv) or a run folder")
+    return src, items
+
+
+def _eval(clf, src: Path, data_root, as_json) -> int:
+    """Accuracy of the artifact on labelled photos; an unreadable photo is named and skipped."""
+    src, items = _eval_items(src, data_root)
     index = {l: i for i, l in enumerate(clf.labels)}
     unknown = sorted({c for _, c in items} - set(index))
     if unknown:
         raise UserError(f"{src}: classes {unknown} are not among the model's labels")
-    correct = 0
+    correct, scored, bad = 0, 0, 0
     for p, c in items:
-        correct += int(clf.predict(p, draft=False).argmax() == index[c])  # as the converter verified
-    acc = correct / max(len(items), 1)
+        try:
+            top = clf.predict(p, draft=False).argmax()   # full decode, as the converter verified
+        except UserError as e:
+            click.echo(f"skipped {e}", err=True)
+            bad += 1
+            continue
+        correct += int(top == index[c])
+        scored += 1
+    if not scored:
+        raise UserError(f"{src}: none of its {len(items)} photos could be read")
+    acc = correct / scored
     if as_json:
-        click.echo(json.dumps({"eval": str(src), "n": len(items), "accuracy": acc, "artifact": str(clf.path)}))
+        click.echo(json.dumps({"eval": str(src), "n": scored, "skipped": bad, "accuracy": acc,
+                               "artifact": str(clf.path)}))
     else:
-        click.echo(f"accuracy {acc:.4f} ({correct}/{len(items)}) on {src} with {clf.path.name}")
-    return 0
+        click.echo(f"accuracy {acc:.4f} ({correct}/{scored}) on {src} with {clf.path.name}"
+                   + (f"; {bad} unreadable photo(s) skipped" if bad else ""))
+    return 1 if bad else 0
 
 
 def main():

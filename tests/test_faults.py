@@ -77,3 +77,37 @@ def test_resume_works_on_the_folder_given_after_the_run_was_moved(small_run, tmp
     assert json.loads((moved / "state.json").read_text())["phase"] == "done"
     assert (moved / "metrics.json").exists()
     assert (small_run / "metrics.json").read_bytes() == original     # the old location is untouched
+
+
+def test_eval_of_a_run_folder_scores_its_test_split(deployed, small_run):
+    r = run_cli("edge-predict", deployed, "--eval", small_run, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["eval"] == str(small_run / "split" / "test.tsv")
+    assert out["n"] == len((small_run / "split" / "test.tsv").read_text().split("\n")) - 2   # header + final newline
+
+
+def test_eval_names_an_unreadable_photo_and_scores_the_rest(deployed, synth_data, tmp_path):
+    import shutil
+    for c in ("dotted", "striped"):
+        (tmp_path / c).mkdir()
+        for f in sorted((synth_data / c).iterdir())[:3]:
+            shutil.copy(f, tmp_path / c / f.name)
+    (tmp_path / "dotted" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    r = run_cli("edge-predict", deployed, "--eval", tmp_path, "--json")
+    assert r.returncode == 1
+    assert "broken.jpg" in r.stderr and "Traceback" not in r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert (out["n"], out["skipped"]) == (6, 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eval", "{empty}"], "{empty}: no labelled photos found"),
+    (["--dir", "{empty}/nope"], "--dir {empty}/nope: no such folder"),
+    (["--eval", "{empty}", "{cat}"], "--eval and IMAGE/--dir cannot be combined"),
+    (["--video", "{cat}", "--eval", "{empty}"], "--eval and --video cannot be combined"),
+])
+def test_edge_predict_refuses_empty_missing_or_mixed_sources(deployed, tmp_path, args, message):
+    fill = {"empty": tmp_path, "cat": SAMPLES / "cat.jpg"}
+    r = run_cli("edge-predict", deployed, *[a.format(**fill) for a in args])
+    _one_error_line(r, message.format(**fill))
