@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from edge_runtime.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "assets" / "samples"
 
@@ -200,10 +202,7 @@ def main(argv=None):
         "import + load <= 0.3 s": res["import_and_load_s"] <= 0.3,
     }
     out = Path(a.out or f"benchmarks/results/edge_latency_{clf.resize_method}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)
+    write_text(out, json.dumps(res, indent=1))
     print(f"{res['artifact']} in {a.deploy}, resize {clf.resize_method}")
     for s in res["stream"]:
         q = s["in_sequence_ms"]

@@ -9,20 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
+
+from edge_runtime.atomic import write_bytes, write_text
 
 COLUMNS = ["backbone", "size", "precision", "weights", "status", "size_mb", "top1", "class_avg", "drop_pts",
            "raw_1t_ms", "raw_1t_p90", "raw_nt_ms", "raw_nt_p90", "e2e_nt_ms", "fps", "ratio", "xnnpack"]
 
 
 def _atomic(path: Path, text_or_bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    if isinstance(text_or_bytes, bytes):
-        tmp.write_bytes(text_or_bytes)
-    else:
-        tmp.write_text(text_or_bytes)
-    os.replace(tmp, path)
+    (write_bytes if isinstance(text_or_bytes, bytes) else write_text)(path, text_or_bytes)
 
 
 def _lat(r: dict, threads: str, key: str, stat: str = "median"):

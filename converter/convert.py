@@ -8,7 +8,6 @@ half-written model; existing artifacts are kept unless ``force``.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.atomic import write_bytes
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
 from edge_runtime.interpreter import graph_report
@@ -73,12 +73,7 @@ def _class_avg(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def _atomic_write(path: Path, data: bytes):
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_bytes(path, data, durable=True)
 
 
 def _check_writable(out: Path):

@@ -6,19 +6,13 @@ device can check the very images the box verified.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from .atomic import write_text
 
 
 def write_file_list(path: Path, root: Path, items: list[tuple[str, str]]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"# root\t{Path(root).resolve()}\n")
-        for rel, label in items:
-            f.write(f"{rel}\t{label}\n")
-    os.replace(tmp, path)
+    lines = [f"# root\t{Path(root).resolve()}"] + [f"{rel}\t{label}" for rel, label in items]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str]]:

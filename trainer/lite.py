@@ -15,11 +15,11 @@ input (x - 127) / 128 (the ``lite`` preprocessing).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from edge_runtime.atomic import replacing
 
 from .backbones import Backbone, BackboneError, _load_weights_file, register
 from .data.tfds_source import cache_root
@@ -206,11 +206,8 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
 def _save_npz(path: Path, arrays: dict[str, list[np.ndarray]]) -> None:
     flat = {f"{name}:{i}": a for name, ws in arrays.items() for i, a in enumerate(ws)}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, **flat)
-        os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs the import time next run
 

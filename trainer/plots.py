@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.atomic import replacing
+
 
 def _plt():
     import matplotlib
@@ -15,11 +17,8 @@ def _plt():
 
 
 def _save(fig, path: Path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     _plt().close(fig)
 
 

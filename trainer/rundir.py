@@ -18,10 +18,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from edge_runtime import atomic
+from edge_runtime.atomic import replacing
 from edge_runtime.image import RESIZE_METHOD
 
 CONFIG = "config.json"
@@ -57,11 +57,8 @@ def write_npz(path: Path, **arrays) -> None:
     """np.savez, atomically."""
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        np.savez(tmp, **arrays)
 
 
 def read_resize(run: Path) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.atomic import replacing
 from edge_runtime.errors import UserError
 from edge_runtime.image import check_resize_method
 
@@ -106,10 +106,8 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str,
     t = time.time()
     feats = predict_images(parts.features, paths, cfg.size, cfg.batch_size, cfg.resize, hw,
                            verbose=0 if not paths else _verbose())
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.name + ".tmp.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, f)
+    with replacing(f) as tmp:
+        np.save(tmp, feats)
     _log(f"features[{name}]: {len(paths)} images in {time.time() - t:.1f}s "
          f"({len(paths) / max(time.time() - t, 1e-9):.0f} img/s)")
     return feats
@@ -260,8 +258,8 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     cw = class_weights(y, n, cfg.class_weights)
 
     def save_weights(name: str):
-        parts.model.save_weights(ck / f".{name}.weights.h5")
-        os.replace(ck / f".{name}.weights.h5", ck / f"{name}.weights.h5")
+        with replacing(ck / f"{name}.weights.h5") as tmp:
+            parts.model.save_weights(tmp)
 
     class Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -275,9 +273,8 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
             else:
                 fstate["wait"] += 1
             save_weights("last")
-            np.savez(ck / ".optimizer.npz", **{str(i): keras.ops.convert_to_numpy(v)
-                                                for i, v in enumerate(model.optimizer.variables)})
-            os.replace(ck / ".optimizer.npz", ck / "optimizer.npz")
+            with replacing(ck / "optimizer.npz") as tmp:
+                np.savez(tmp, **{str(i): keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)})
             fstate["epoch"] = epoch + 1
             R.write_json(ck / "finetune_state.json", fstate)  # written last: the commit point
             if fstate["wait"] >= cfg.fine_tune_patience:
@@ -312,9 +309,8 @@ def _track_head(tracker, head: dict) -> None:
 
 
 def _save_model(model, run: Path):
-    tmp = run / ".model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, run / R.MODEL)
+    with replacing(run / R.MODEL) as tmp:
+        model.save(tmp)
 
 
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.atomic import write_json
 from edge_runtime.filelist import read_file_list, write_file_list
 
 from .duplicates import DuplicateGroup, find_groups
@@ -59,9 +59,7 @@ class Split:
         meta = {"root": str(self.root), "classes": self.classes, "seed": self.seed,
                 "fractions": list(self.fractions), "method": self.method,
                 "counts": self.counts(), "notes": self.notes, "fingerprints": self.fingerprints}
-        tmp = folder / "split.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, folder / "split.json")
+        write_json(folder / "split.json", meta)
 
     @classmethod
     def load(cls, folder: Path, root: Path | None = None) -> "Split":

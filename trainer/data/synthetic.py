@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from edge_runtime.atomic import replacing
+
 CLASSES = ("dotted", "striped", "leopard")
 
 
@@ -94,7 +96,6 @@ def generate(out: Path, per_class: int = 60, size: int = 128, seed: int = 0,
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             arr = make_image(kind, size, rng)
-            tmp = d / f".{kind}_{i:04d}.jpg.tmp"
-            Image.fromarray(arr).save(tmp, format="JPEG", quality=int(rng.integers(70, 95)))
-            tmp.replace(d / f"{kind}_{i:04d}.jpg")
+            with replacing(d / f"{kind}_{i:04d}.jpg") as tmp:
+                Image.fromarray(arr).save(tmp, format="JPEG", quality=int(rng.integers(70, 95)))
     return out
