@@ -105,6 +105,15 @@ class Classifier:
         """Index of the top class for each image (no draft decoding): what verification compares."""
         return np.array([int(self.invoke(self.preprocess(im, draft=False)).argmax()) for im in images], np.int64)
 
+    @staticmethod
+    def check_top_k_threshold(top_k: int, threshold: float, names=("top_k", "threshold")) -> None:
+        """The one rule for what a caller may ask of `classify` (CLI and server alike); ``names``:
+        how the caller spells the two options in its error messages."""
+        if top_k < 1:
+            raise UserError(f"{names[0]} {top_k}: show at least 1 class ({names[0]} 1 or more)")
+        if not 0.0 <= threshold <= 1.0:   # also refuses nan
+            raise UserError(f"{names[1]} {threshold}: scores are probabilities; give a number from 0 to 1")
+
     def classify(self, image: ImageInput, top_k: int = 5, draft: bool | None = None) -> list[tuple[str, float]]:
         p = self.predict(image, draft)
         order = np.argsort(-p, kind="stable")[:top_k]

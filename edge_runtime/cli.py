@@ -52,12 +52,8 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
 
     try:
         check_options(top_k, threshold, threads, max_frames)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    if server:
-        sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
-    try:
+        if server:
+            sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
         if benchmark:
             from .benchmark import benchmark as run_bench, format_table, save_report
             rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
@@ -97,10 +93,8 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
 
 def check_options(top_k: int, threshold: float, threads: int | None, max_frames: int | None) -> None:
     """Refuse values that would otherwise print nothing, or a misleading error, with exit 0."""
-    if top_k < 1:
-        raise UserError(f"--top-k {top_k}: show at least 1 class (--top-k 1 or more)")
-    if not 0.0 <= threshold <= 1.0:   # also refuses nan
-        raise UserError(f"--threshold {threshold}: scores are probabilities; give a number from 0 to 1")
+    from .classifier import Classifier
+    Classifier.check_top_k_threshold(top_k, threshold, ("--top-k", "--threshold"))
     if threads is not None and threads < 1:
         raise UserError(f"--threads {threads}: give 1 or more, or leave it out for the runtime's choice")
     if max_frames is not None and max_frames < 1:

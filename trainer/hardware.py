@@ -3,9 +3,9 @@
 TensorFlow: a tf.distribute strategy (default / mirrored / multi-worker from TF_CONFIG); XLA only
 on GPUs (on a CPU it is 5-11x slower, STACK.md). JAX: `keras.distribution.DataParallel` over every
 local accelerator (one process; several hosts are refused for now); jit always (JAX has no
-other fast path). Mixed
-precision: bfloat16 where the chip has it (GPUs from compute capability 8.0, TPUs), float16 on older
-GPUs, off on CPUs; the model's final softmax stays float32 (trainer/model.py).
+other fast path). Mixed precision: bfloat16 where the chip has it (GPUs from compute capability
+8.0, TPUs), float16 on older GPUs, off on CPUs; the model's final softmax stays float32
+(trainer/model.py).
 
 ``EDGETL_LOGICAL_CPUS=N`` splits the CPU into N devices (TensorFlow logical devices, JAX host
 devices) so the data-parallel paths run on a machine without GPUs; tests use it.
@@ -20,7 +20,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 
 from edge_runtime.errors import UserError
 
@@ -113,11 +112,13 @@ def _policy(mixed_precision: str, accelerator: str | None, bf16: bool) -> str:
     return "mixed_bfloat16" if bf16 or accelerator is None else "mixed_float16"
 
 
-def _compute_capability(text) -> float:
+def _has_bf16(capability) -> bool:
+    """A CUDA compute capability, as TensorFlow ((8, 0)) or JAX ("8.0") reports it: >= 8.0?"""
     try:
-        return float(text)
-    except (TypeError, ValueError):
-        return 0.0
+        major = capability[0] if isinstance(capability, tuple) else str(capability).split(".")[0]
+        return int(major) >= 8
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 # ------------------------------------------------------------------------- TensorFlow
@@ -131,29 +132,30 @@ def _setup_tensorflow(strategy: str, mixed_precision: str):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n_logical)
     _configured["tf_logical"] = True
     gpus = tf.config.list_physical_devices("GPU")
+
+    def logical_devices():   # not before MultiWorkerMirroredStrategy: it configures the runtime first
+        return [d.name for d in tf.config.list_logical_devices("GPU")] or \
+               [d.name for d in tf.config.list_logical_devices("CPU")]
+
     if strategy == "auto":
         strategy = "mirrored" if len(gpus) > 1 else "default"
     if strategy == "default":
         st = tf.distribute.get_strategy()
     elif strategy == "mirrored":
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-                  [d.name for d in tf.config.list_logical_devices("CPU")]
-        st = tf.distribute.MirroredStrategy(devices=devices)
+        st = tf.distribute.MirroredStrategy(devices=logical_devices())
     else:  # multiworker: the cluster comes from TF_CONFIG, one process per machine
         if not os.environ.get("TF_CONFIG"):
             raise UserError("--strategy multiworker needs TF_CONFIG describing the cluster "
                             "(see the README's two-machine recipe)")
         st = tf.distribute.MultiWorkerMirroredStrategy()
-    caps = [_compute_capability(".".join(map(str, tf.config.experimental.get_device_details(g)
-                                                 .get("compute_capability", (0, 0))))) for g in gpus]
-    policy = _policy(mixed_precision, "gpu" if gpus else None, bool(caps) and min(caps) >= 8.0)
+    bf16 = bool(gpus) and all(_has_bf16(tf.config.experimental.get_device_details(g).get("compute_capability"))
+                              for g in gpus)
+    policy = _policy(mixed_precision, "gpu" if gpus else None, bf16)
     keras.mixed_precision.set_global_policy(policy)
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-              [d.name for d in tf.config.list_logical_devices("CPU")]
     processes = 1
     if strategy == "multiworker":
         processes = len(json.loads(os.environ["TF_CONFIG"]).get("cluster", {}).get("worker", [1]))
-    return st, Hardware(backend="tensorflow", strategy=strategy, devices=devices,
+    return st, Hardware(backend="tensorflow", strategy=strategy, devices=logical_devices(),
                         replicas=st.num_replicas_in_sync, gpus=len(gpus), precision_policy=policy,
                         mixed_precision=policy != "float32", jit_compile=bool(gpus), processes=processes)
 
@@ -194,7 +196,7 @@ def _setup_jax(strategy: str, mixed_precision: str):
         keras.distribution.set_distribution(None)
         replicas = 1
     bf16 = any(d.platform == "tpu" for d in accel) or \
-        (bool(accel) and min(_compute_capability(getattr(d, "compute_capability", 0)) for d in accel) >= 8.0)
+        (bool(accel) and all(_has_bf16(getattr(d, "compute_capability", None)) for d in accel))
     policy = _policy(mixed_precision, accel[0].platform if accel else None, bf16)
     keras.mixed_precision.set_global_policy(policy)
     return _NoScope(replicas), Hardware(
@@ -224,13 +226,11 @@ def fit_data(strategy, hw: Hardware, make):
 
     def worker_dataset(ctx):
         batches = make((ctx.input_pipeline_id, ctx.num_input_pipelines))
-        # float32 pixels: Keras' first symbolic build averages a batch across workers, which
-        # collective ops refuse for uint8
-        spec = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.float32) for a in batches[0])
+        spec = tuple(tf.TensorSpec((None,) + a.shape[1:], tf.as_dtype(a.dtype)) for a in batches[0])
 
         def gen():
             for i in range(len(batches)):
-                yield tuple(a.astype(np.float32) for a in batches[i])
+                yield batches[i]
             batches.on_epoch_end()   # next epoch, next shuffle: the same on every worker
 
         ds = tf.data.Dataset.from_generator(gen, output_signature=spec)

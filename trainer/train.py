@@ -222,7 +222,8 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     # data-parallel batches must split evenly across replicas: drop the ragged end (fewer than
     # one batch of images per epoch); validation keeps all but fewer than `replicas` images
     even = replicas > 1
-    steps = len(paths) // cfg.batch_size if even and len(paths) >= cfg.batch_size else int(np.ceil(len(paths) / cfg.batch_size))
+    drop = even and len(paths) >= cfg.batch_size
+    steps = len(paths) // cfg.batch_size if drop else int(np.ceil(len(paths) / cfg.batch_size))
     total = steps * cfg.fine_tune_epochs
     warm = max(1, int(steps * cfg.warmup_epochs))
     with strategy.scope():
@@ -252,7 +253,7 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas)) if even else cfg.batch_size
     train_ds = fit_data(strategy, hw, lambda shard: image_dataset(
         paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True, seed=cfg.seed + start,
-        num_classes=n, drop_remainder=even and len(paths) >= cfg.batch_size, shard=shard))
+        num_classes=n, drop_remainder=drop, shard=shard))
     val_ds = fit_data(strategy, hw, lambda shard: image_dataset(
         vpaths, vy, cfg.size, vbatch, method=cfg.resize, num_classes=n, drop_remainder=even, shard=shard))
     cw = class_weights(y, n, cfg.class_weights)

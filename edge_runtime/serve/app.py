@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from .. import edgetl_version
+from ..classifier import Classifier
 from ..errors import UserError
 from ..image import ImageError, open_image
 from .pool import Generation, InferencePool, Overloaded
@@ -181,10 +182,10 @@ def create_app(cfg: ServeConfig):
         t0 = time.perf_counter()
         top_k = _query_number(request, "top_k", 5, int)
         threshold = _query_number(request, "threshold", 0.0, float)
-        if top_k < 1:
-            raise HTTPError(400, f"top_k must be 1 or more, got {top_k}")
-        if not 0.0 <= threshold <= 1.0:
-            raise HTTPError(400, f"threshold must be within 0..1, got {threshold}")
+        try:
+            Classifier.check_top_k_threshold(top_k, threshold)
+        except UserError as e:
+            raise HTTPError(400, str(e)) from None
         try:
             body = await read_body(request)
         except ClientDisconnect:

@@ -126,10 +126,10 @@ def predict_images(model, paths, size: int, batch_size: int = 32, method: str = 
     process calls the model itself on every batch."""
     import keras
 
-    replicas = hw.replicas if hw is not None else 1
-    ds = image_dataset(paths, size=size, batch_size=batch_size, method=method, cache=False, pad_multiple=replicas)
     if not paths:
         return np.zeros((0,) + tuple(model.outputs[0].shape[1:]), np.float32)
+    replicas = hw.replicas if hw is not None else 1
+    ds = image_dataset(paths, size=size, batch_size=batch_size, method=method, cache=False, pad_multiple=replicas)
     if hw is not None and hw.processes > 1 and hw.backend == "tensorflow":
         out = np.concatenate([keras.ops.convert_to_numpy(model(ds[i][0], training=False)) for i in range(len(ds))])
     else:
