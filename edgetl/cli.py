@@ -5,7 +5,6 @@ without loading TensorFlow.
 """
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import sys
@@ -15,27 +14,8 @@ import click
 from edge_runtime.errors import UserError
 from edge_runtime.image import RESIZE_METHOD, RESIZE_METHODS
 
-
-def friendly(fn):
-    """Turn UserError into one line on stderr and exit status 2 (no traceback)."""
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-    return wrapper
-
-
-def _progress(label):
-    """A one-line counter on an interactive terminal; silent in logs and pipes."""
-    if not sys.stderr.isatty():
-        return None
-
-    def cb(done, total):
-        click.echo(f"\r{label}: {done}/{total}", nl=done == total, err=True)
-    return cb
+from . import insight_cli
+from .clikit import progress_counter, friendly
 
 
 def _track_option(fn):
@@ -81,7 +61,7 @@ def data_inspect(source, as_json, max_distance):
     from trainer.data import load_dataset
     from trainer.data.inspect import format_report, inspect_dataset
 
-    ds = load_dataset(source, progress=None if as_json else _progress("checking images"))
+    ds = load_dataset(source, progress=None if as_json else progress_counter("checking images"))
     rep = inspect_dataset(ds, max_distance=max_distance)
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
 
@@ -110,7 +90,7 @@ def data_split(source, out, fractions, seed):
     """Stratified, duplicate-aware train/val/test split of SOURCE, saved as file lists in OUT."""
     from trainer.data import load_dataset, make_split
 
-    ds = load_dataset(source, progress=_progress("checking images"))
+    ds = load_dataset(source, progress=progress_counter("checking images"))
     sp = make_split(ds, fractions=_fractions(fractions), seed=seed)
     sp.save(out)
     c = sp.counts()
@@ -445,6 +425,10 @@ def _fractions(text: str) -> tuple[float, float, float]:
     if len(parts) != 3:
         raise click.BadParameter(f"expected three numbers like 0.8,0.1,0.1, got {text!r}")
     return parts
+
+
+for _command in insight_cli.COMMANDS:
+    cli.add_command(_command)
 
 
 def main():

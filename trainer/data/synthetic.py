@@ -58,6 +58,11 @@ def _pattern(kind: str, size: int, rng) -> np.ndarray:
         gaps = _lowfreq(size, rng, 8) > 0.9
         out[gaps & (out == 1.0)] = 0.0
         return out
+    if kind == "checked":          # a background pattern, never a class
+        period = rng.uniform(0.1, 0.25)
+        return ((np.floor((u + warp) / period) + np.floor(v / period)) % 2).astype(np.float32)
+    if kind == "cloudy":           # a background pattern, never a class
+        return (_lowfreq(size, rng, int(rng.integers(3, 7))) > 0.0).astype(np.float32)
     raise ValueError(f"unknown texture {kind!r}; choose from {CLASSES}")
 
 
@@ -98,4 +103,43 @@ def generate(out: Path, per_class: int = 60, size: int = 128, seed: int = 0,
             arr = make_image(kind, size, rng)
             with replacing(d / f"{kind}_{i:04d}.jpg") as tmp:
                 Image.fromarray(arr).save(tmp, format="JPEG", quality=int(rng.integers(70, 95)))
+    return out
+
+
+BACKGROUNDS = ("checked", "cloudy")
+
+
+def make_pointing_image(kind: str, size: int, rng: np.random.Generator, side: tuple[float, float] = (0.38, 0.5)):
+    """One "pointing game" photo: the ``kind`` texture as a square patch at a random box on a
+    background of a pattern that is no class, so the patch alone decides the label.
+    Returns (uint8 RGB, box ``[x0, y0, x1, y1]`` in pixels, end exclusive)."""
+    img = make_image(str(rng.choice(BACKGROUNDS)), size, rng)
+    s = int(round(size * rng.uniform(*side)))
+    x0, y0 = (int(v) for v in rng.integers(0, size - s + 1, 2))
+    patch = make_image(kind, s, rng)
+    img = img.copy()
+    img[y0:y0 + s, x0:x0 + s] = patch
+    return img, [x0, y0, x0 + s, y0 + s]
+
+
+def generate_pointing(out: Path, per_class: int = 100, size: int = 128, seed: int = 0,
+                      classes: tuple[str, ...] = CLASSES) -> Path:
+    """A folder-per-class set for testing where a model looks (Grad-CAM's pointing game):
+    ``out/<class>/*.png`` plus ``out/boxes.json`` mapping each relative path to its patch box.
+    PNG, so the patch edges are exactly where the box says."""
+    import json
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    boxes = {}
+    for kind in classes:
+        (out / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr, box = make_pointing_image(kind, size, rng)
+            rel = f"{kind}/{kind}_{i:04d}.png"
+            with replacing(out / rel) as tmp:
+                Image.fromarray(arr).save(tmp, format="PNG")
+            boxes[rel] = box
+    with replacing(out / "boxes.json") as tmp:
+        tmp.write_text(json.dumps(boxes, indent=0))
     return out
