@@ -159,7 +159,7 @@ def attack(subject: Subject, image, target: str | int | None = None, eps: float 
               progress=progress)[0]
     arts = deploy_artifacts(subject.run) if devices else []
     model, per_device = _judge(subject, x, adv, t, source, arts)
-    diff = (adv.astype(np.float32) - x.astype(np.float32)) / 255.0
+    diff = (adv.astype(np.float64) - x.astype(np.float64)) / 255.0
     result = AttackResult(original=x, adversarial=adv, target=None if t is None else subject.classes[t], eps=eps,
                           steps=steps, model=model, linf=float(np.abs(diff).max()),
                           l2=float(np.sqrt((diff ** 2).sum())), devices=per_device)

@@ -70,14 +70,25 @@ def first_conv_filters(subject: Subject) -> tuple[str, np.ndarray]:
     raise UserError(f"{subject.name}: no convolution reads the RGB input directly")
 
 
+def pre_activation(subject: Subject, name: str) -> str:
+    """The layer feeding an activation layer (ReLU, ReLU6, swish...), else ``name`` itself. A
+    filter that is off everywhere at the start has zero gradient after its ReLU and could never
+    be woken; before the ReLU the gradient always flows, and larger still means more active."""
+    layer = subject.backbone.get_layer(name)
+    if layer.__class__.__name__ not in ("ReLU", "Activation", "LeakyReLU", "ELU"):
+        return name
+    source = getattr(getattr(layer.input, "_keras_history", None), "operation", None)
+    return source.name if source is not None and source.name in subject.spatial_layers() else name
+
+
 def filter_patterns(subject: Subject, layer: str | None = None, n: int = 16, steps: int = 60, seed: int = 0,
-                    tv_weight: float = 1.0, jitter: int = 2, progress=None) -> tuple[str, list[int], np.ndarray]:
+                    tv_weight: float = 0.1, jitter: int = 2, progress=None) -> tuple[str, list[int], np.ndarray]:
     """For ``n`` filters of ``layer`` (default: the middle stage's output), the input image that
-    maximises each filter's mean activation, found by gradient ascent from seeded noise, all
-    filters at once. Returns (layer, filter numbers, uint8 images [n, S, S, 3])."""
+    maximises each filter's mean response, found by gradient ascent from seeded noise, all
+    filters at once. An activation layer is read before its activation (see `pre_activation`).
+    Returns (the layer optimised, filter numbers, uint8 images [n, S, S, 3])."""
     keras, tf = keras_tf()
-    layer = layer or pick_layers(subject, "middle")[0]
-    subject.check_layer(layer)
+    layer = pre_activation(subject, subject.check_layer(layer or pick_layers(subject, "middle")[0]))
     width = int(subject.probe((layer,)).outputs[0].shape[-1])
     if n < 1 or steps < 1:
         raise UserError("--n and --steps must be 1 or more")
