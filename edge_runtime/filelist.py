@@ -26,7 +26,7 @@ def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str
         if line.startswith("# root\t"):
             recorded = Path(line.split("\t", 1)[1])
             continue
-        if not line.strip() or line.startswith("#"):
+        if not line.strip():     # only the first line is a comment: a class may be called "#1"
             continue
         parts = line.split("\t")
         if len(parts) != 2:

@@ -1,6 +1,7 @@
 """The dataset layer: layouts, bad files, duplicates, deterministic leakage-free splits."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,31 @@ def test_trainability_checks_name_the_problem(tmp_path):
         f.unlink()
     with pytest.raises(DataError, match="'striped' has 1 usable"):
         load_dataset(few).require_trainable()
+
+
+def test_awkward_class_and_file_names_survive_the_split_lists(tmp_path):
+    """`#` (once read as a comment), spaces and unicode round-trip through split/*.tsv."""
+    from trainer.data.split import Split
+    from trainer.data.synthetic import generate
+    src = generate(tmp_path / "src", per_class=10, size=32, classes=("dotted", "striped", "leopard"))
+    data = tmp_path / "data"
+    for old, new in (("dotted", "#1 dotted"), ("striped", "stripes ünïcode"), ("leopard", "leo pard")):
+        shutil.copytree(src / old, data / new)
+    (data / "#1 dotted" / "dotted_0000.jpg").rename(data / "#1 dotted" / "# first photo.jpg")
+    sp = make_split(load_dataset(data), seed=0)
+    sp.save(tmp_path / "split")
+    back = Split.load(tmp_path / "split")
+    assert back.parts == sp.parts and back.classes == ["#1 dotted", "leo pard", "stripes ünïcode"]
+    assert sum(len(v) for v in back.parts.values()) == 30
+    paths, y = back.paths_labels("train")
+    assert all(Path(p).is_file() for p in paths)
+
+
+@pytest.mark.parametrize("name", ["tab\there", "line\nbreak"])
+def test_names_with_a_tab_or_line_break_are_refused_before_anything_is_written(tmp_path, name):
+    from trainer.data.synthetic import generate
+    data = generate(tmp_path / "data", per_class=4, size=32, classes=("dotted", "striped"))
+    (data / "dotted").rename(data / name)
+    r = run_cli("edgetl", "data", "split", data, "--out", tmp_path / "split")
+    assert r.returncode == 2 and "rename it without one" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "split").exists()

@@ -78,6 +78,17 @@ def _files_under(d: Path) -> list[Path]:
     return out
 
 
+UNLISTABLE = {"\t": "a TAB", "\n": "a line break", "\r": "a carriage return"}
+
+
+def _check_listable(path: Path, what: str) -> None:
+    """Split lists are `path<TAB>class` lines and labels.txt has a class per line, so a name with
+    a TAB or a line break would be cut in two there; refuse it before anything is written."""
+    for ch, name in UNLISTABLE.items():
+        if ch in path.name:
+            raise DataError(f"{path}: {what} name contains {name} ({path.name!r}); rename it without one")
+
+
 def discover(root: Path) -> tuple[list[ImageRecord], list[str], list[str], bool]:
     """(records without pixel checks, classes, ignored files, presplit) for a folder."""
     root = Path(root)
@@ -105,10 +116,12 @@ def discover(root: Path) -> tuple[list[ImageRecord], list[str], list[str], bool]
         if presplit and not class_dirs:
             raise DataError(f"{base}: no class folders; expected {base}/<class>/*.jpg")
         for cdir in class_dirs:
+            _check_listable(cdir, "class folder")
             classes.add(cdir.name)
             for f in _files_under(cdir):
                 rel = f.relative_to(root).as_posix()
                 if is_image_file(f):
+                    _check_listable(f, "photo")
                     records.append(ImageRecord(rel=rel, label=cdir.name, given_split=split))
                 else:
                     ignored.append(rel)
