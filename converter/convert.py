@@ -25,6 +25,23 @@ from trainer import rundir as R
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float")
+MIN_CALIBRATION = 10   # photos; int8 ranges from fewer are guesses
+
+
+def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None:
+    """Refuse an artifact whose tensors are not what its precision promises (e.g. a float32
+    model called int8 because calibration saw no data), before it is recorded."""
+    kinds = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    i = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
+    want = {
+        "fp32": (not kinds & {"int8", "float16"} and i == "float32"),
+        "fp16": ("float16" in kinds and i == "float32"),
+        "dynamic": ("int8" in kinds and i == "float32"),
+        "int8": ("int8" in kinds and i == ("float32" if io == "float" else io) and "float16" not in kinds),
+    }[precision]
+    if not want:
+        raise UserError(f"{path}: the converter produced {i} input and tensors of {sorted(kinds)}, which is not a "
+                        f"valid {precision} artifact; not recorded (check --calibration-samples and the run)")
 
 
 def _log(msg):
@@ -133,10 +150,17 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     precisions = [p for p in PRECISIONS if p in precisions]
     if io not in IO_TYPES:
         raise UserError(f"--io must be one of {IO_TYPES}")
+    if "int8" in precisions and calibration_samples < MIN_CALIBRATION:
+        raise UserError(f"--calibration-samples {calibration_samples}: int8 sets its ranges from calibration "
+                        f"photos; give {MIN_CALIBRATION} or more (default 300)")
     model = load_run_model(run)
     cfg = R.read_json(run / R.CONFIG)
     labels = R.read_labels(run)
     size = int(model.inputs[0].shape[1])
+    n_out = int(model.outputs[0].shape[-1])
+    if len(labels) != n_out:
+        raise UserError(f"{run / R.LABELS}: {len(labels)} class name(s) for a model with {n_out} outputs; "
+                        "restore labels.txt from the training run (one class per line, in output order)")
     method = R.read_resize(run)
     out = Path(out) if out else run / R.DEPLOY
     _check_writable(out)
@@ -203,6 +227,11 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             path = out / names[prec]
             _atomic_write(path, blob)
             clf = Classifier(path, threads=threads, labels=labels)
+            try:
+                check_tensor_types(clf.interpreter, prec, io, path)
+            except UserError:
+                path.unlink()
+                raise
             clf.resize_method, clf.probabilities = method, prec != "int8"
             pred = clf.top1(x_test)
             acc = float((pred == test_y).mean()) if len(test_y) else 0.0

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from edge_runtime.errors import UserError
 from edge_runtime.manifest import sha256_file
 from tests.conftest import ROOT, run_cli
 
@@ -49,19 +50,37 @@ def test_existing_artifacts_need_force(small_run, deployed):
     assert r.returncode == 2 and "--force" in r.stderr and "model_int8.tflite" in r.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "no_model", "corrupt"])
+@pytest.mark.parametrize("case", ["missing", "no_model", "corrupt", "empty_labels", "no_calibration"])
 def test_bad_runs_give_one_line_errors(small_run, tmp_path, case):
     run = tmp_path / "run"
     if case != "missing":
         shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("deploy", "cache"))
         if case == "no_model":
             (run / "model.keras").unlink()
-        else:
+        elif case == "corrupt":
             (run / "model.keras").write_bytes(b"PK\x03\x04 not really a keras file")
-    r = run_cli("edgetl", "convert", run)
+        elif case == "empty_labels":
+            (run / "labels.txt").write_text("")
+    extra = ["--int8", "--calibration-samples", "0"] if case == "no_calibration" else []
+    r = run_cli("edgetl", "convert", run, *extra)
     assert r.returncode == 2, r.stderr[-2000:]
     err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
-    assert len(err) == 1 and "Traceback" not in r.stderr and str(run) in err[0]
+    assert len(err) == 1 and "Traceback" not in r.stderr
+    assert ("--calibration-samples 0" if case == "no_calibration" else str(run)) in err[0]
+    assert not (run / "deploy").exists() or not any((run / "deploy").iterdir())   # nothing half-written
+
+
+def test_an_artifact_whose_tensors_do_not_match_its_precision_is_refused(deployed):
+    from converter.convert import check_tensor_types
+    from edge_runtime.interpreter import load_interpreter
+
+    fp32, int8 = (load_interpreter(deployed / f"model_{p}.tflite") for p in ("fp32", "int8"))
+    check_tensor_types(fp32, "fp32", "uint8", deployed / "model_fp32.tflite")
+    check_tensor_types(int8, "int8", "uint8", deployed / "model_int8.tflite")
+    with pytest.raises(UserError, match="not a valid int8 artifact"):
+        check_tensor_types(fp32, "int8", "uint8", deployed / "model_fp32.tflite")
+    with pytest.raises(UserError, match="not a valid fp16 artifact"):
+        check_tensor_types(int8, "fp16", "uint8", deployed / "model_int8.tflite")
 
 
 def test_unwritable_output_folder(small_run, tmp_path):
