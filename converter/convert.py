@@ -20,6 +20,7 @@ from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
 from edge_runtime.interpreter import graph_report
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
+from edge_runtime.quiet import native_stderr
 
 from trainer import rundir as R
 
@@ -209,13 +210,14 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             t0 = time.time()
             src = sm_logits if prec == "int8" else sm
             try:
-                conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
-                if prec == "int8":
-                    blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
-                                                          candidates=CANDIDATES if int8_recovery else 0,
-                                                          log=_log, detail=_log if verbose else lambda m: None)
-                else:
-                    blob, choice = conv.convert(), None
+                with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
+                    conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
+                    if prec == "int8":
+                        blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
+                                                              candidates=CANDIDATES if int8_recovery else 0,
+                                                              log=_log, detail=_log if verbose else lambda m: None)
+                    else:
+                        blob, choice = conv.convert(), None
             except Exception as e:
                 raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
             blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else

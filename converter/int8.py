@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -112,10 +113,13 @@ def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
         for img in x_debug:
             yield [img.astype(np.float32)[None]]
 
-    dbg = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=data)
     rows = []
+    with warnings.catch_warnings():   # the debugger runs tf.lite.Interpreter, which warns it is deprecated
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        dbg = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=data)
+        if len(x_debug):
+            dbg.run()
     if len(x_debug):
-        dbg.run()
         buf = io.StringIO()
         dbg.layer_statistics_dump(buf)
         buf.seek(0)

@@ -215,6 +215,9 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
 
 
 def main():
+    from .quiet import enable
+
+    enable()
     cli()
 
 

@@ -4,6 +4,7 @@ last resort on a training box. TensorFlow is never imported when either of the f
 from __future__ import annotations
 
 from .errors import UserError
+from .quiet import native_stderr
 
 
 def interpreter_class():
@@ -28,8 +29,9 @@ def load_interpreter(path, threads: int | None = None):
     """An allocated interpreter for ``path``, or UserError naming the file."""
     Interpreter, _ = interpreter_class()
     try:
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
+        with native_stderr(replay=False):   # LiteRT announces its delegate on fd 2; errors say why below
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a usable .tflite model ({str(e).splitlines()[0][:120]}); "
                         "re-run `edgetl convert` or copy the file again") from None

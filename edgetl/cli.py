@@ -27,8 +27,17 @@ def _track_option(fn):
              'complete either way.')(fn)
 
 
+def _verbose(ctx, param, value):
+    if value:
+        from edge_runtime.quiet import show_all
+        show_all()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgetl")
+@click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
+              help="Show TensorFlow's, the converter's and LiteRT's own log lines (quiet by default; "
+                   "or EDGETL_VERBOSE=1).")
 def cli():
     """edgetl: folder of labelled photos -> fast, small classifier for the edge.
 
@@ -227,6 +236,9 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
 def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force, verbose,
             no_int8_recovery, track):
     """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
+    if verbose:
+        from edge_runtime.quiet import show_all
+        show_all()
     from converter.convert import convert as run_convert
 
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
@@ -432,6 +444,9 @@ for _command in insight_cli.COMMANDS:
 
 
 def main():
+    from edge_runtime.quiet import enable
+
+    enable()
     cli()
 
 

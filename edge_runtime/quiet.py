@@ -1,0 +1,111 @@
+"""Quiet native logs: what TensorFlow, XLA and LiteRT write straight to file descriptor 2.
+
+Their C++ logging bypasses Python (`I0000 ... cudart_stub.cc] Could not find cuda drivers`,
+`failed call to cuInit`, the MLIR converter's dozens of lines, LiteRT's `INFO: Created
+TensorFlow Lite XNNPACK delegate`), so the only way to keep a user's terminal clean is to point
+fd 2 elsewhere while the noisy step runs. The commands turn this on (`enable()`); a library user
+or a server keeps everything. What was held back is replayed if the step fails, so an error is
+never hidden; `--verbose` (or EDGETL_VERBOSE=1) shows it all.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+
+_enabled = False
+_set_level = False
+_lock = threading.RLock()
+_depth = 0
+NOISY_MODULES = ("tensorflow", "jax")
+
+
+def verbose() -> bool:
+    return os.environ.get("EDGETL_VERBOSE", "") not in ("", "0")
+
+
+def enable() -> None:
+    """Quiet native logs for the rest of this process (a command's entry point calls this)."""
+    global _enabled, _set_level
+    if verbose() or _enabled:
+        return
+    _enabled = True
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):            # C++ INFO/WARNING/ERROR after absl init
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        _set_level = True
+    if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietImport())
+
+
+def show_all() -> None:
+    """--verbose: every native log line from here on (what `enable()` set is taken back)."""
+    os.environ["EDGETL_VERBOSE"] = "1"
+    if _set_level:
+        os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+
+
+@contextlib.contextmanager
+def native_stderr(replay: bool = True):
+    """Hold back what native code writes to fd 2 inside the block (when enabled). Python's own
+    ``sys.stderr`` keeps going to the terminal meanwhile (progress and messages stay visible).
+    On an error the held text is replayed, unless ``replay`` is False because the caller turns
+    the error into its own one-line message. Nested blocks share the outermost one."""
+    global _depth
+    if not _enabled or verbose():
+        yield
+        return
+    with _lock:
+        _depth += 1
+        try:
+            if _depth > 1:
+                yield
+                return
+            with tempfile.TemporaryFile() as held:
+                sys.stderr.flush()
+                saved = os.dup(2)
+                python_stderr = sys.stderr
+                sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+                os.dup2(held.fileno(), 2)
+                failed = False
+                try:
+                    yield
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    sys.stderr.close()
+                    sys.stderr = python_stderr
+                    if failed and replay:
+                        held.seek(0)
+                        sys.stderr.write(held.read().decode("utf-8", "replace"))
+                        sys.stderr.flush()
+        finally:
+            _depth -= 1
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Runs the first import of TensorFlow / JAX inside `native_stderr()` (their shared libraries
+    log before any setting can reach them)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in NOISY_MODULES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            run = spec.loader.exec_module
+
+            def exec_module(module, run=run):
+                with native_stderr():
+                    run(module)
+            spec.loader.exec_module = exec_module
+        return spec
