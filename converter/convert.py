@@ -8,7 +8,6 @@ half-written model; existing artifacts are kept unless ``force``.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from edge_runtime.atomic import write_bytes
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
+from edge_runtime.log import log as _log
 from edge_runtime.interpreter import graph_report
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
@@ -44,9 +44,6 @@ def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None
         raise UserError(f"{path}: the converter produced {i} input and tensors of {sorted(kinds)}, which is not a "
                         f"valid {precision} artifact; not recorded (check --calibration-samples and the run)")
 
-
-def _log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _converter(saved_model: Path, precision: str, io: str, calib):

@@ -9,7 +9,8 @@ import numpy as np
 from .embedded import embedded_info
 from .errors import UserError
 from .image import RESIZE_METHOD, ImageInput, check_resize_method, load_image
-from .interpreter import load_interpreter
+from .interpreter import interpreter_class, load_interpreter
+from .log import warn_once
 from .manifest import NAME, load_manifest, sha256_file
 
 
@@ -38,6 +39,7 @@ class Classifier:
             self.resize_method = self.manifest.resize
             self.precision = art.precision
             self.probabilities = art.output.get("probabilities", True)
+            _cross_check(p / NAME, path, self.manifest.labels, self.probabilities)
             # JPEG draft decoding only where the converter verified it changes no accuracy
             self.draft = bool(self.manifest.data["input"].get("jpeg_draft", False))
         elif p.is_file():
@@ -47,6 +49,12 @@ class Classifier:
             lf = p.with_name("labels.txt")
             self.labels = labels or emb_labels or (
                 [l for l in lf.read_text().splitlines() if l] if lf.exists() else None)
+            if labels is None and emb_labels is None:
+                warn_once(f"{p}: no class names embedded and no labels.txt beside it; classes are shown as "
+                          "0, 1, ... (copy labels.txt next to it, or use the deploy folder)")
+            if not info:
+                warn_once(f"{p}: no edgetl facts embedded; assuming bilinear resize and probability outputs "
+                          "(use the deploy folder, whose manifest says)")
             self.resize_method = info.get("resize", RESIZE_METHOD)
             self.probabilities = bool(info.get("probabilities", True))
             self.precision = None
@@ -56,6 +64,7 @@ class Classifier:
         check_resize_method(self.resize_method)  # a newer converter's method: say so before loading
         self.path = path
         self.interpreter = load_interpreter(path, threads)
+        self.runtime = interpreter_class()[1]   # which TFLite runtime runs it (ai-edge-litert, ...)
         # a single frame's resize may use every core: inference waits for it anyway
         self.resize_workers = min(4, os.cpu_count() or 1)
         i = self.interpreter.get_input_details()[0]
@@ -121,3 +130,16 @@ class Classifier:
 
     def classify_batch(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
         return [self.classify(im, top_k) for im in images]
+
+
+def _cross_check(manifest: Path, model: Path, labels: list[str], probabilities: bool) -> None:
+    """The manifest is not covered by any hash; the converter embeds the labels and output meaning
+    in each .tflite too. A disagreement means an edited manifest or a model from another run:
+    wrong class names or raw scores would follow, so refuse."""
+    emb_labels, info = embedded_info(model)
+    if emb_labels is not None and emb_labels != list(labels):
+        raise UserError(f"{manifest}: its labels differ from those embedded in {model.name} "
+                        f"({labels[:3]}... vs {emb_labels[:3]}...); copy the deploy folder again or re-run edgetl convert")
+    if "probabilities" in info and bool(info["probabilities"]) != bool(probabilities):
+        raise UserError(f"{manifest}: says probabilities={probabilities} but {model.name} says "
+                        f"{bool(info['probabilities'])}; copy the deploy folder again or re-run edgetl convert")

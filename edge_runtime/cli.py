@@ -88,7 +88,7 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         t = time.perf_counter()
         top = clf.classify(f, top_k)
         return top, (time.perf_counter() - t) * 1e3
-    sys.exit(_classify_files(files, local, threshold, as_json))
+    sys.exit(_classify_files(files, local, threshold, as_json, {"runtime": clf.runtime, "precision": clf.precision}))
 
 
 def check_options(top_k: int, threshold: float, threads: int | None, max_frames: int | None) -> None:
@@ -101,8 +101,9 @@ def check_options(top_k: int, threshold: float, threads: int | None, max_frames:
         raise UserError(f"--max-frames {max_frames}: give 1 or more, or leave it out to run until stopped")
 
 
-def _classify_files(files, classify, threshold, as_json) -> int:
-    """Print one line (or JSON object) per file, the same for a local model and a server."""
+def _classify_files(files, classify, threshold, as_json, facts: dict | None = None) -> int:
+    """Print one line (or JSON object) per file, the same for a local model and a server;
+    ``facts`` (e.g. which runtime ran the model) join each JSON object."""
     failed = 0
     for f in files:
         try:
@@ -117,7 +118,7 @@ def _classify_files(files, classify, threshold, as_json) -> int:
         top = [(l, s) for l, s in top if s >= threshold]
         if as_json:
             click.echo(json.dumps({"file": str(f), "top_k": [{"label": l, "score": round(s, 5)} for l, s in top],
-                                   "latency_ms": round(ms, 3)}))
+                                   "latency_ms": round(ms, 3), **(facts or {})}))
         else:
             click.echo(f"{f}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ms:.1f} ms)")
     if failed:
@@ -152,7 +153,7 @@ def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:
         top = [(l, s) for l, s in top if s >= threshold]
         if as_json:
             click.echo(json.dumps({"frame": n, "top_k": [{"label": l, "score": round(s, 5)} for l, s in top],
-                                   "latency_ms": round(ms, 3)}))
+                                   "latency_ms": round(ms, 3), "runtime": clf.runtime}))
         else:
             click.echo(f"frame {n}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ms:.1f} ms)")
     stats = run_stream(clf, frames, show, max_frames=max_frames, live=live, top_k=top_k)

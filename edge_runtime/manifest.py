@@ -97,6 +97,34 @@ def load_manifest(folder: Path) -> Manifest:
         data = json.loads(p.read_text())
     except ValueError as e:
         raise UserError(f"{p}: damaged manifest ({e}); copy the deploy folder again") from None
-    if data.get("format") != FORMAT:
-        raise UserError(f"{p}: unknown manifest format {data.get('format')!r} (expected {FORMAT})")
+    problem = schema_problem(data)
+    if problem:
+        raise UserError(f"{p}: not a valid edgetl manifest ({problem}); copy the deploy folder again "
+                        "or re-run edgetl convert")
     return Manifest(folder, data)
+
+
+def schema_problem(data) -> str | None:
+    """What is wrong with a parsed manifest's shape, or None: the fields this runtime relies on."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, expected an object"
+    if data.get("format") != FORMAT:
+        return f"unknown format {data.get('format')!r}, expected {FORMAT}"
+    labels = data.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(l, str) and l for l in labels):
+        return "'labels' must be a non-empty list of class names"
+    inp = data.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("size"), int) or not isinstance(inp.get("resize"), str):
+        return "'input' must give an integer 'size' and a 'resize' method"
+    arts = data.get("artifacts")
+    if not isinstance(arts, list) or not arts:
+        return "'artifacts' must be a non-empty list"
+    for k, a in enumerate(arts):
+        if not isinstance(a, dict):
+            return f"artifact {k} is not an object"
+        for key in ("file", "sha256", "precision"):
+            if not isinstance(a.get(key), str) or not a.get(key):
+                return f"artifact {k} has no {key!r}"
+    if data.get("default") is not None and not isinstance(data.get("default"), str):
+        return "'default' must be a precision name or null"
+    return None

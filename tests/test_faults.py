@@ -111,3 +111,62 @@ def test_edge_predict_refuses_empty_missing_or_mixed_sources(deployed, tmp_path,
     fill = {"empty": tmp_path, "cat": SAMPLES / "cat.jpg"}
     r = run_cli("edge-predict", deployed, *[a.format(**fill) for a in args])
     _one_error_line(r, message.format(**fill))
+
+
+def _copy_deploy(deployed, tmp_path):
+    import shutil
+    dst = tmp_path / "deploy"
+    shutil.copytree(deployed, dst)
+    return dst
+
+
+def _edit_manifest(folder, change):
+    p = folder / "manifest.json"
+    m = json.loads(p.read_text())
+    p.write_text(json.dumps(change(m)))
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: [m], "a JSON list, expected an object"),
+    (lambda m: None, "a JSON NoneType, expected an object"),
+    (lambda m: {k: v for k, v in m.items() if k != "labels"}, "'labels' must be a non-empty list"),
+    (lambda m: {k: v for k, v in m.items() if k != "input"}, "'input' must give an integer 'size'"),
+    (lambda m: {k: v for k, v in m.items() if k != "artifacts"}, "'artifacts' must be a non-empty list"),
+    (lambda m: {**m, "artifacts": [{k: v for k, v in a.items() if k != "sha256"} for a in m["artifacts"]]},
+     "artifact 0 has no 'sha256'"),
+    (lambda m: {**m, "artifacts": [{k: v for k, v in a.items() if k != "file"} for a in m["artifacts"]]},
+     "artifact 0 has no 'file'"),
+])
+def test_a_manifest_of_the_wrong_shape_is_named_in_one_line(deployed, tmp_path, change, problem):
+    folder = _copy_deploy(deployed, tmp_path)
+    _edit_manifest(folder, change)
+    _one_error_line(run_cli("edge-predict", folder, SAMPLES / "cat.jpg"),
+                    f"{folder / 'manifest.json'}: not a valid edgetl manifest ({problem}")
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda m: {**m, "labels": list(reversed(m["labels"]))}, "its labels differ from those embedded"),
+    (lambda m: {**m, "artifacts": [{**a, "output": {**a["output"], "probabilities": not a["output"]["probabilities"]}}
+                                   for a in m["artifacts"]]}, "says probabilities="),
+])
+def test_a_manifest_that_disagrees_with_the_model_is_refused(deployed, tmp_path, change, says):
+    folder = _copy_deploy(deployed, tmp_path)
+    _edit_manifest(folder, change)
+    r = run_cli("edge-predict", folder, SAMPLES / "cat.jpg")
+    _one_error_line(r, f"{folder / 'manifest.json'}: {says}")
+
+
+def test_a_bare_tflite_without_labels_warns_once_and_json_names_the_runtime(deployed, tmp_path):
+    import io
+    import zipfile
+    blob = (deployed / "model_fp32.tflite").read_bytes()
+    start = min(z.header_offset for z in zipfile.ZipFile(io.BytesIO(blob)).infolist())   # the appended zip
+    bare = tmp_path / "bare.tflite"
+    bare.write_bytes(blob[:start])
+    r = run_cli("edge-predict", bare, SAMPLES / "cat.jpg", SAMPLES / "dog.jpg", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    warnings = [l for l in r.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 2 and "no class names embedded" in warnings[0], r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(row["runtime"] == "ai-edge-litert" for row in rows)
+    assert {row["top_k"][0]["label"] for row in rows} <= {"0", "1", "2"}

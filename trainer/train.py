@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_runtime.atomic import replacing
 from edge_runtime.errors import UserError
+from edge_runtime.log import log as _log
 from edge_runtime.image import check_resize_method
 
 from . import rundir as R
@@ -29,9 +30,6 @@ from .data import load_dataset, make_split
 from .data.pipeline import augmenter, image_dataset, predict_images, training_model
 from .data.split import Split
 
-
-def _log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _verbose():
