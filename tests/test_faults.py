@@ -48,6 +48,8 @@ def test_benchmark_refuses_bad_options_and_keeps_the_saved_report(deployed, args
     (["--fractions", "0.5,0.5,0"], "--fractions 0.5,0.5,0.0: give train,val,test shares that add up to 1"),
     (["--fractions", "0.7,0.7,0.1"], "--fractions 0.7,0.7,0.1: give train,val,test shares"),
     (["--fine-tune", "--fractions", "0.9,0,0.1"], "--fine-tune early-stops on the validation split"),
+    (["--fine-tune", "--backbone", "hub:/models/feature_vector"], "--fine-tune with hub:/models/feature_vector: "
+                                                                  "a hub backbone is a SavedModel"),
 ])
 def test_train_checks_numbers_before_writing_anything(synth_data, tmp_path, args, message):
     out = tmp_path / "run"

@@ -64,6 +64,9 @@ def check_numbers(cfg: TrainConfig) -> None:
     if cfg.fine_tune and val <= 0:
         raise UserError("--fine-tune early-stops on the validation split: give it a share in --fractions "
                         "(e.g. 0.8,0.1,0.1)")
+    if cfg.fine_tune and cfg.backbone.startswith("hub:"):
+        raise UserError(f"--fine-tune with {cfg.backbone}: a hub backbone is a SavedModel Keras can only run "
+                        "frozen; drop --fine-tune or pick a registry backbone (edgetl backbones)")
 
 
 def _state(run: Path) -> dict:
@@ -234,6 +237,9 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
             keras.optimizers.Adam(sched),
             keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
             metrics=["accuracy"], jit_compile=hw.jit_compile)
+    if cfg.head == "linear-svm":
+        _log("note: --head linear-svm: the frozen head was fit with the squared hinge; fine-tuning trains the "
+             "whole model with cross-entropy on its softmax output, like the softmax head")
     _log(f"fine-tune: top {cfg.fine_tune_blocks} blocks ({trainable} layers with weights) trainable, "
          f"lr {cfg.fine_tune_lr} warm-up {warm} steps then cosine over {total} steps")
     start, fstate = 0, {"best_val_accuracy": -1.0, "best_val_loss": float("inf"), "wait": 0,
