@@ -193,7 +193,9 @@ def eval_cmd(run, data, as_json, track):
     for c, r in rep["per_class"].items():
         a = f"{r['auc']:.3f}" if r["auc"] is not None else "  -"
         click.echo(f"{c:<16}{r['accuracy']:7.3f}{r['precision']:7.3f}{r['recall']:7.3f}{r['f1']:7.3f}{a:>7}{r['support']:6d}")
-    click.echo(f"misclassified: {len(rep['misclassified'])} (listed in {run}/metrics.json); plots in {run}/plots/")
+    from trainer.evaluate import data_name
+    plots = f"{run}/plots/" if data is None else f"{run}/plots/{data_name(data)}/"
+    click.echo(f"misclassified: {len(rep['misclassified'])} (listed in {run}/metrics.json); plots in {plots}")
 
 
 @cli.command()

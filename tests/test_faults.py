@@ -172,3 +172,25 @@ def test_a_bare_tflite_without_labels_warns_once_and_json_names_the_runtime(depl
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     assert len(rows) == 2 and all(row["runtime"] == "ai-edge-litert" for row in rows)
     assert {row["top_k"][0]["label"] for row in rows} <= {"0", "1", "2"}
+
+
+def test_eval_on_other_data_keeps_the_test_results_and_names_skipped_files(small_run, synth_data, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(small_run, run, ignore=shutil.ignore_patterns("cache", "deploy"))
+    data = tmp_path / "field photos"
+    for c in ("dotted", "striped", "leopard"):
+        (data / c).mkdir(parents=True)
+        for f in sorted((synth_data / c).iterdir())[:4]:
+            shutil.copy2(f, data / c / f.name)
+    (data / "striped" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    before = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png")}
+    test_before = json.loads((run / "metrics.json").read_text())["test"]
+    r = run_cli("edgetl", "eval", run, "--data", data)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert any(l.startswith("warning: skipped") and "broken.jpg" in l for l in r.stderr.splitlines()), r.stderr
+    assert {p.name: p.read_bytes() for p in (run / "plots").glob("*.png")} == before
+    assert (run / "plots" / "data_field_photos" / "confusion_matrix.png").is_file()
+    assert "plots/data_field_photos/" in r.stdout
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["test"] == test_before and m[f"data:{data}"]["n"] == 12

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import UserError
+from edge_runtime.log import warn_once
 
 from . import rundir as R
 from .data.pipeline import load_arrays, predict_images
@@ -40,11 +41,18 @@ def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarra
         return paths, y, classes
     from .data import load_dataset
     ds = load_dataset(data, hashes=False)
+    for rec in ds.bad:
+        warn_once(f"skipped {ds.path(rec)}: {rec.error}")
     unknown = sorted(set(ds.classes) - set(classes))
     if unknown:
         raise UserError(f"{data}: class folder(s) {unknown} are not among the model's classes {classes}")
     index = {c: i for i, c in enumerate(classes)}
     return [str(ds.path(r)) for r in ds.images], np.array([index[r.label] for r in ds.images]), classes
+
+
+def data_name(data: str) -> str:
+    """Where `eval --data DIR` keeps its plots: RUN/plots/data_<folder name>."""
+    return "data_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(data).rstrip("/")).name)
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
@@ -70,8 +78,8 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     if data is None:  # kept so runs can be compared image by image (ROC overlays, disagreements)
         R.write_npz(run / R.PREDICTIONS / f"{split_name}.npz", files=np.array(paths), y=y,
                     probs=probs.astype(np.float32), classes=np.array(classes))
-    if plots:
-        d = run / R.PLOTS
+    if plots:   # another folder's plots go beside, never over, the test split's
+        d = run / R.PLOTS if data is None else run / R.PLOTS / data_name(data)
         plot_confusion(report["confusion_matrix"], classes, d / "confusion_matrix.png")
         plot_roc(y, probs, classes, d / "roc.png")
         k = min(30, len(paths))
