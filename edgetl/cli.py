@@ -80,10 +80,13 @@ def data_inspect(source, as_json, max_distance):
 @click.option("--per-class", default=60, show_default=True, help="Images per class.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Write into OUT even if it already holds files.")
 @friendly
-def data_synth(out, per_class, size, seed):
+def data_synth(out, per_class, size, seed, force):
     """Write the synthetic fabric-texture dataset (dotted / striped / leopard) to OUT."""
     from trainer.data.synthetic import CLASSES, generate
+
+    _refuse_overwrite(out, force, "a dataset")
 
     generate(out, per_class=per_class, size=size, seed=seed)
     click.echo(f"wrote {per_class * len(CLASSES)} images in {len(CLASSES)} classes to {out}")
@@ -94,10 +97,13 @@ def data_synth(out, per_class, size, seed):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the file lists.")
 @click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace file lists already in OUT.")
 @friendly
-def data_split(source, out, fractions, seed):
+def data_split(source, out, fractions, seed, force):
     """Stratified, duplicate-aware train/val/test split of SOURCE, saved as file lists in OUT."""
     from trainer.data import load_dataset, make_split
+
+    _refuse_overwrite(out, force, "file lists")
 
     ds = load_dataset(source, progress=progress_counter("checking images"))
     sp = make_split(ds, fractions=_fractions(fractions), seed=seed)
@@ -106,6 +112,15 @@ def data_split(source, out, fractions, seed):
     click.echo(" ".join(f"{s} {sum(c[s].values())}" for s in ("train", "val", "test")) + f" -> {out}")
     for n in sp.notes:
         click.echo(f"note: {n}")
+
+
+def _refuse_overwrite(out, force: bool, what: str) -> None:
+    from pathlib import Path
+
+    p = Path(out)
+    if p.is_dir() and any(p.iterdir()) and not force:
+        raise UserError(f"{p}: already holds files (e.g. {sorted(x.name for x in p.iterdir())[0]}); pass --force "
+                        f"to write {what} into it, or choose an empty folder")
 
 
 @cli.command()
@@ -337,23 +352,41 @@ def bench_merge(accuracy, devices, out, budget_ms):
 
     from benchmarks.report import markdown, merge, write_report
 
-    acc = _read_json(accuracy, "edgetl-bench/1")
+    stems = [Path(d).stem for d in devices]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+        raise UserError(f"two device files are named {twice[0]!r} and would write one folder "
+                        f"({Path(out) / twice[0]}); rename one, e.g. pi5-a.json and pi5-b.json")
+    acc = _read_json(accuracy, "edgetl-bench/1", ("rows",))
     for d in devices:
-        dev = _read_json(d, "edgetl-device-benchmark/1")
+        dev = _read_json(d, "edgetl-device-benchmark/1", ("rows", "machine", "date", "method"))
+        for k, row in enumerate(dev["rows"]):
+            if not isinstance(row, dict) or not all(f in row for f in ("sha256", "threads", "raw_ms", "end_to_end_ms", "fps")):
+                raise UserError(f"{d}: row {k} lacks sha256/threads/raw_ms/end_to_end_ms/fps; "
+                                "re-run edge-predict DEPLOY --benchmark --json on the device")
         rep = merge(acc, dev)
+        if not any("latency" in r and r["latency"] for r in rep["rows"]):
+            raise UserError(f"{d}: none of its artifacts is in {accuracy} (no sha256 matches); benchmark the "
+                            "deploy folders that this bench report converted")
         folder = Path(out) / Path(d).stem
         write_report(rep, folder, budget_ms)
         click.echo(f"## {Path(d).name} -> {folder}\n")
         click.echo(markdown(rep, budget_ms))
 
 
-def _read_json(path, kind):
+def _read_json(path, kind, fields=()):
+    """A report file of ``kind`` with a list of ``rows`` and the other ``fields``, or one line why not."""
     try:
         data = json.loads(open(path).read())
     except ValueError as e:
         raise UserError(f"{path}: not JSON ({e})") from None
-    if data.get("kind") != kind:
-        raise UserError(f"{path}: not a {kind} file (kind {data.get('kind')!r})")
+    if not isinstance(data, dict) or data.get("kind") != kind:
+        got = data.get("kind") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise UserError(f"{path}: not a {kind} file ({got!r}); give the report.json that edgetl bench or "
+                        "edge-predict --benchmark --json wrote")
+    missing = [f for f in fields if f not in data] or ([] if isinstance(data.get("rows", []), list) else ["rows"])
+    if missing:
+        raise UserError(f"{path}: a {kind} file without {missing[0]!r}; it was cut short or edited, write it again")
     return data
 
 

@@ -116,3 +116,39 @@ def test_report_names_the_command_that_made_it():
     rep = _rep(int8_ms=3.0, fp32_ms=5.0)
     rep["command"] = "edgetl bench --preset full --out x"
     assert "- command: `edgetl bench --preset full --out x`" in markdown(rep)
+
+
+@pytest.fixture(scope="module")
+def device_report(bench_out, tmp_path_factory):
+    out, _ = bench_out
+    rep = json.loads((out / "report.json").read_text())
+    deploy = rep["rows"][0]["file"].rsplit("/", 1)[0]
+    r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "3", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: [d], "not a edgetl-device-benchmark/1 file ('a JSON list')"),
+    (lambda d: "pi5", "not a edgetl-device-benchmark/1 file ('a JSON str')"),
+    (lambda d: {k: v for k, v in d.items() if k != "rows"}, "without 'rows'"),
+    (lambda d: {**d, "rows": [{k: v for k, v in r.items() if k != "raw_ms"} for r in d["rows"]]},
+     "row 0 lacks sha256/threads/raw_ms"),
+    (lambda d: {**d, "rows": [{**r, "sha256": "0" * 64} for r in d["rows"]]}, "none of its artifacts is in"),
+])
+def test_merge_refuses_what_is_not_a_matching_device_report(bench_out, device_report, tmp_path, make, message):
+    dev = tmp_path / "pi5.json"
+    dev.write_text(json.dumps(make(device_report)))
+    r = run_cli("edgetl", "bench", "merge", bench_out[0] / "report.json", dev, "--out", tmp_path / "merged")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_refuses_two_device_files_of_one_name(bench_out, device_report, tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "pi5.json").write_text(json.dumps(device_report))
+    r = run_cli("edgetl", "bench", "merge", bench_out[0] / "report.json", tmp_path / "a" / "pi5.json",
+                tmp_path / "b" / "pi5.json", "--out", tmp_path / "merged")
+    assert r.returncode == 2 and "two device files are named 'pi5'" in r.stderr
+    assert not (tmp_path / "merged").exists()

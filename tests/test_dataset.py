@@ -189,3 +189,17 @@ def test_names_with_a_tab_or_line_break_are_refused_before_anything_is_written(t
     r = run_cli("edgetl", "data", "split", data, "--out", tmp_path / "split")
     assert r.returncode == 2 and "rename it without one" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "split").exists()
+
+
+@pytest.mark.parametrize("command", ["split", "synth"])
+def test_data_commands_do_not_overwrite_a_folder_without_force(synth_data, tmp_path, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["split", synth_data, "--out", out] if command == "split" else ["synth", out, "--per-class", "2", "--size", "32"]
+    r = run_cli("edgetl", "data", *args)
+    assert r.returncode == 2 and "pass --force" in r.stderr and "keep.txt" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    r = run_cli("edgetl", "data", *args, "--force")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) > 1
