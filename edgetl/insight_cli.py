@@ -245,12 +245,11 @@ def attack(args, target, eps, steps, jpeg, report, count, backbone, weights, alp
     from trainer.insight.figures import attack_figure
 
     subject, rest, default = open_subject(args, backbone, weights, alpha, size, labels, "an IMAGE")
-    folder_default = default
     if report:
         if rest:
             raise UserError("--report attacks the run's test split; give no IMAGE with it")
         rep = robustness_report(subject, count, steps=steps, progress=progress_counter("attack"))
-        folder = _out(out, folder_default)
+        folder = _out(out, default)
         _write_json(folder / "attack_report.json", rep)
         from edge_runtime.atomic import write_text
         write_text(folder / "attack_report.md", format_report(rep))
@@ -260,7 +259,7 @@ def attack(args, target, eps, steps, jpeg, report, count, backbone, weights, alp
     if len(rest) != 1:
         raise UserError(f"give exactly one IMAGE (got {len(rest)}), or --report")
     r = attack_image(subject, rest[0], target, parse_eps(eps), steps, jpeg, progress=progress_counter("attack"))
-    folder = _out(out, folder_default)
+    folder = _out(out, default)
     stem = f"attack_{Path(rest[0]).stem}"
     _save_png(folder / f"{stem}.png", r.adversarial)
     attack_figure(r, folder / f"{stem}_figure.png")

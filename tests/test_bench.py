@@ -49,14 +49,22 @@ def test_budget_names_the_most_accurate_artifact_within_it(bench_out):
     assert best_under_budget(rep, 1e-6) is None
 
 
-def test_merge_uses_the_devices_latency_and_keeps_box_accuracy(bench_out, tmp_path):
+@pytest.fixture(scope="module")
+def device_report(bench_out):
+    """`edge-predict DEPLOY --benchmark --json` of the first row's deploy folder, as a device writes it."""
     out, _ = bench_out
     rep = json.loads((out / "report.json").read_text())
     deploy = rep["rows"][0]["file"].rsplit("/", 1)[0]
     r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "7", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+def test_merge_uses_the_devices_latency_and_keeps_box_accuracy(bench_out, device_report, tmp_path):
+    out, _ = bench_out
+    rep = json.loads((out / "report.json").read_text())
     dev = tmp_path / "pi5.json"
-    dev.write_text(r.stdout)
+    dev.write_text(json.dumps(device_report))
     r = run_cli("edgetl", "bench", "merge", out / "report.json", dev, "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr[-2000:]
     merged = json.loads((tmp_path / "merged" / "pi5" / "report.json").read_text())
@@ -116,16 +124,6 @@ def test_report_names_the_command_that_made_it():
     rep = _rep(int8_ms=3.0, fp32_ms=5.0)
     rep["command"] = "edgetl bench --preset full --out x"
     assert "- command: `edgetl bench --preset full --out x`" in markdown(rep)
-
-
-@pytest.fixture(scope="module")
-def device_report(bench_out, tmp_path_factory):
-    out, _ = bench_out
-    rep = json.loads((out / "report.json").read_text())
-    deploy = rep["rows"][0]["file"].rsplit("/", 1)[0]
-    r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "3", "--json")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout)
 
 
 @pytest.mark.parametrize("make, message", [
