@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_runtime.errors import UserError
+from edge_runtime.log import log as _log
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
@@ -86,9 +86,6 @@ def load_preset(name_or_path: str) -> BenchConfig:
     except (ValueError, TypeError) as e:
         raise UserError(f"{p}: not a valid bench preset ({e})") from None
 
-
-def _log(msg: str):
-    print(msg, file=sys.stderr, flush=True)
 
 
 def stratified_subset(data: str, out: Path, per_class: int, seed: int) -> Path:

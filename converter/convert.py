@@ -8,21 +8,25 @@ half-written model; existing artifacts are kept unless ``force``.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.atomic import write_bytes
+from edge_runtime.atomic import replacing_dir, write_bytes
 from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
-from edge_runtime.log import log as _log
 from edge_runtime.interpreter import graph_report
+from edge_runtime.log import log as _log
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
 
 from trainer import rundir as R
+from trainer.metrics import class_averaged_accuracy
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float")
@@ -82,19 +86,17 @@ def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) 
         return _converter(Path(tmp) / "sm", precision, io, calib).convert()
 
 
-def _class_avg(pred: np.ndarray, y: np.ndarray) -> float:
-    accs = [float((pred[y == c] == c).mean()) for c in np.unique(y)]
-    return float(np.mean(accs)) if accs else 0.0
-
-
 def _atomic_write(path: Path, data: bytes):
     write_bytes(path, data, durable=True)
 
 
 def _check_writable(out: Path):
+    """The deploy folder is built beside ``out``: its parent must take new files."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".edgetl-write-test"
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(20, "a file is in the way")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.edgetl-write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -110,6 +112,57 @@ def default_precision(artifacts: list[dict]) -> str | None:
     if "int8" in ok:
         return "int8"
     return next((p for p in PRECISIONS if p in ok), None)
+
+
+class _Interrupted:
+    """Ctrl-C seen while the converter ran: TensorFlow calls back into Python for calibration
+    data and can swallow the KeyboardInterrupt raised there, finishing the conversion anyway."""
+    seen = False
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts():
+    flag = _Interrupted()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_sigint(signum, frame):
+        flag.seen = True
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def carry_over(out: Path, stage: Path, run: Path, labels: list[str], replaced: set[str]) -> list[dict]:
+    """What the new deploy folder keeps from the old one: artifacts of other precisions that this
+    run converted earlier (same source run and labels, file intact), and files that are not
+    artifacts (e.g. a device's benchmark.json). Another run's artifacts are never mixed in."""
+    import shutil
+
+    if not out.is_dir():
+        return []
+    try:
+        old = R.read_json(out / NAME) if (out / NAME).exists() else {}
+    except ValueError:
+        old = {}
+    same_run = isinstance(old, dict) and old.get("source_run") == str(run.resolve()) and old.get("labels") == labels
+    kept = [a for a in (old.get("artifacts") or [] if same_run else [])
+            if isinstance(a, dict) and a.get("precision") not in replaced and a.get("file")
+            and (out / a["file"]).is_file() and sha256_file(out / a["file"]) == a.get("sha256")]
+    keep_files = {a["file"] for a in kept}
+    for f in out.iterdir():
+        if f.is_file() and (f.name in keep_files or not (f.suffix == ".tflite" or f.name in (NAME, "labels.txt")
+                                                             or f.name.startswith("."))):
+            shutil.copy2(f, stage / f.name)
+    return kept
 
 
 def _track(tracker, run: Path, out: Path, manifest: dict, artifacts: list[dict], ok: bool, settings: dict):
@@ -162,8 +215,6 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     method = R.read_resize(run)
     out = Path(out) if out else run / R.DEPLOY
     _check_writable(out)
-    for leftover in out.glob(".*.partial"):
-        leftover.unlink()
     names = {p: f"model_{p}.tflite" for p in precisions}
     clash = [n for n in names.values() if (out / n).exists()]
     if clash and not force:
@@ -193,105 +244,99 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     val_ref = (model.predict(x_val.astype(np.float32), batch_size=32, verbose=0).argmax(1)
                if x_val is not None and len(x_val) else np.zeros(0, np.int64))
 
-    artifacts = []
-    with tempfile.TemporaryDirectory() as tmp:
-        import keras
-        sm = Path(tmp) / "saved_model"
-        export_saved_model(model, sm)
-        # int8 ends at the logits: XNNPACK has no quantized SOFTMAX, so keeping it would leave one
-        # op outside the delegate; the device applies softmax to the dequantized logits instead.
-        sm_logits = Path(tmp) / "saved_model_logits"
-        logits = model.get_layer("probabilities").input
-        export_saved_model(keras.Model(model.inputs, logits), sm_logits)
-        for prec in precisions:
-            t0 = time.time()
-            src = sm_logits if prec == "int8" else sm
-            try:
-                with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
-                    conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
-                    if prec == "int8":
-                        blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
-                                                              candidates=CANDIDATES if int8_recovery else 0,
-                                                              log=_log, detail=_log if verbose else lambda m: None)
-                    else:
-                        blob, choice = conv.convert(), None
-            except Exception as e:
-                raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
-            blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
-                            "int8" if prec == "int8" and io == "int8" else "float32",
-                            probabilities=prec != "int8", resize=method,
-                            name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
-                            description=f"image classifier over {len(labels)} classes, trained by edgetl")
-            secs = time.time() - t0
-            path = out / names[prec]
-            _atomic_write(path, blob)
-            clf = Classifier(path, threads=threads, labels=labels)
-            try:
-                check_tensor_types(clf.interpreter, prec, io, path)
-            except UserError:
-                path.unlink()
-                raise
-            clf.resize_method, clf.probabilities = method, prec != "int8"
-            pred = clf.top1(x_test)
-            acc = float((pred == test_y).mean()) if len(test_y) else 0.0
-            pred_d = clf.top1(x_draft)
-            acc_d = float((pred_d == test_y).mean()) if len(test_y) else 0.0
-            rep = graph_report(clf.interpreter)
-            i = clf.interpreter.get_input_details()[0]
-            o = clf.interpreter.get_output_details()[0]
-            ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
-                   "class_avg_accuracy": _class_avg(pred, test_y),
-                   "drop_points": round(100 * (keras_acc - acc), 3),
-                   "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
-                   "conversion_s": round(secs, 2),
-                   "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode":
-                                  float((pred_d == pred).mean()) if len(test_y) else 1.0,
-                                  "changed_images": int((x_draft != x_test).any(axis=(1, 2, 3)).sum())},
-                   **rep}
-            artifacts.append({
-                "file": names[prec], "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
-                          "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
-                "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
-                           "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
-                "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
-                "verification": ver,
-                **({"quantization": choice.to_dict()} if choice else {})})
-            _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
-                 f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
-                 f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
-    R.write_text(out / "labels.txt", "\n".join(labels) + "\n")
-    manifest = {
-        "format": FORMAT,
-        "labels": labels, "labels_file": "labels.txt",
-        "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method,
-                  # draft JPEG decoding is allowed on the device only when it costs no accuracy here
-                  "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
-                                    <= max_drop / 100 for a in artifacts)},
-        "backbone": cfg.get("backbone", {}),
-        "source_run": str(run.resolve()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "calibration": {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
-                        "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False},
-        "io": io,
-        "artifacts": artifacts,
-    }
-    if (out / NAME).exists():  # keep artifacts of other precisions converted earlier into this folder
-        try:
-            old = R.read_json(out / NAME)
-            done = {a["precision"] for a in artifacts}
-            kept = [a for a in old.get("artifacts", []) if a["precision"] not in done and (out / a["file"]).exists()
-                    and old.get("labels") == labels]
-            manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
-        except ValueError:
-            pass
-    failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
-    for a in artifacts:   # recorded, so the device can refuse a rejected artifact as its default
-        a["verification"]["status"] = "failed" if a in failed else "passed"
-        if a in failed:
-            a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
-    manifest["default"] = default_precision(manifest["artifacts"])
-    R.write_json(out / NAME, manifest)
+    # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
+    # sees the old deploy folder or the new one, never a mix of two conversions
+    with replacing_dir(out) as stage, _interrupts() as interrupted:
+        artifacts = []
+        with tempfile.TemporaryDirectory() as tmp:
+            import keras
+            sm = Path(tmp) / "saved_model"
+            export_saved_model(model, sm)
+            # int8 ends at the logits: XNNPACK has no quantized SOFTMAX, so keeping it would leave one
+            # op outside the delegate; the device applies softmax to the dequantized logits instead.
+            sm_logits = Path(tmp) / "saved_model_logits"
+            logits = model.get_layer("probabilities").input
+            export_saved_model(keras.Model(model.inputs, logits), sm_logits)
+            for prec in precisions:
+                interrupted.check()
+                t0 = time.time()
+                src = sm_logits if prec == "int8" else sm
+                try:
+                    with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
+                        conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
+                        if prec == "int8":
+                            blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
+                                                                  candidates=CANDIDATES if int8_recovery else 0,
+                                                                  log=_log, detail=_log if verbose else lambda m: None)
+                        else:
+                            blob, choice = conv.convert(), None
+                except Exception as e:
+                    raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
+                blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
+                                "int8" if prec == "int8" and io == "int8" else "float32",
+                                probabilities=prec != "int8", resize=method,
+                                name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
+                                description=f"image classifier over {len(labels)} classes, trained by edgetl")
+                secs = time.time() - t0
+                path = stage / names[prec]
+                _atomic_write(path, blob)
+                clf = Classifier(path, threads=threads, labels=labels)
+                check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
+                clf.resize_method, clf.probabilities = method, prec != "int8"
+                pred = clf.top1(x_test)
+                acc = float((pred == test_y).mean()) if len(test_y) else 0.0
+                pred_d = clf.top1(x_draft)
+                acc_d = float((pred_d == test_y).mean()) if len(test_y) else 0.0
+                rep = graph_report(clf.interpreter)
+                i = clf.interpreter.get_input_details()[0]
+                o = clf.interpreter.get_output_details()[0]
+                ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
+                       "class_avg_accuracy": class_averaged_accuracy(test_y, pred),
+                       "drop_points": round(100 * (keras_acc - acc), 3),
+                       "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
+                       "conversion_s": round(secs, 2),
+                       "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode":
+                                      float((pred_d == pred).mean()) if len(test_y) else 1.0,
+                                      "changed_images": int((x_draft != x_test).any(axis=(1, 2, 3)).sum())},
+                       **rep}
+                artifacts.append({
+                    "file": names[prec], "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+                    "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
+                              "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
+                    "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
+                               "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
+                    "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
+                    "verification": ver,
+                    **({"quantization": choice.to_dict()} if choice else {})})
+                _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
+                     f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
+                     f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
+        R.write_text(stage / "labels.txt", "\n".join(labels) + "\n")
+        manifest = {
+            "format": FORMAT,
+            "labels": labels, "labels_file": "labels.txt",
+            "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method,
+                      # draft JPEG decoding is allowed on the device only when it costs no accuracy here
+                      "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
+                                        <= max_drop / 100 for a in artifacts)},
+            "backbone": cfg.get("backbone", {}),
+            "source_run": str(run.resolve()),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "calibration": {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
+                            "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False},
+            "io": io,
+            "artifacts": artifacts,
+        }
+        kept = carry_over(out, stage, run, labels, {a["precision"] for a in artifacts})
+        manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
+        failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
+        for a in artifacts:   # recorded, so the device can refuse a rejected artifact as its default
+            a["verification"]["status"] = "failed" if a in failed else "passed"
+            if a in failed:
+                a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
+        manifest["default"] = default_precision(manifest["artifacts"])
+        R.write_json(stage / NAME, manifest)
+        interrupted.check()
     _track(tracker, run, out, manifest, artifacts, ok=not failed, settings={
         "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
         "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})

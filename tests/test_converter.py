@@ -90,22 +90,68 @@ def test_unwritable_output_folder(small_run, tmp_path):
     assert r.returncode == 2 and "not writable" in r.stderr
 
 
-def test_killed_convert_leaves_no_partial_tflite(small_run, tmp_path):
-    out = tmp_path / "deploy"
-    p = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "convert", str(small_run), "--fp32", "--fp16",
-                          "--dynamic", "--int8", "--out", str(out)], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _start_convert(run, out, *extra):
+    return subprocess.Popen([sys.executable, "-m", "edgetl.cli", "convert", str(run), "--out", str(out), *extra],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_a_staged_artifact(p, out):
     deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not list(out.glob("model_*.tflite")):
+    while time.time() < deadline and p.poll() is None and not list(out.parent.glob(f".{out.name}.staging-*/*.tflite")):
         time.sleep(0.01)
+    assert p.poll() is None, "convert ended before the first artifact was staged"
+
+
+def test_a_killed_convert_force_leaves_the_old_deploy_folder_whole(deployed, small_run, tmp_path):
+    out = tmp_path / "deploy"
+    shutil.copytree(deployed, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    p = _start_convert(small_run, out, "--fp32", "--fp16", "--int8", "--force")
+    _wait_for_a_staged_artifact(p, out)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    from edge_runtime.interpreter import load_interpreter
-    files = list(out.glob("*.tflite"))
-    assert files, "killed before the first artifact was written"
-    for f in files:  # whatever has the final name is complete and loads
-        load_interpreter(f)
-    assert not (out / "manifest.json").exists()
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before       # old set, whole and consistent
+    m = json.loads((out / "manifest.json").read_text())
+    assert all(sha256_file(out / a["file"]) == a["sha256"] for a in m["artifacts"])
+    from edge_runtime.atomic import replacing_dir
+    assert list(tmp_path.glob(".deploy.staging-*"))                        # the killed run's stage...
+    with replacing_dir(tmp_path / "deploy") as stage:
+        for f in out.iterdir():
+            shutil.copy2(f, stage / f.name)
+    assert not list(tmp_path.glob(".deploy.staging-*"))                    # ...is removed by the next writer
+
+
+def test_ctrl_c_into_a_new_out_leaves_nothing(small_run, tmp_path):
+    out = tmp_path / "deploy"
+    p = _start_convert(small_run, out, "--fp32", "--fp16", "--dynamic", "--int8")
+    _wait_for_a_staged_artifact(p, out)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=300) != 0
+    assert not out.exists() and not list(tmp_path.glob(".deploy.*"))
+
+
+def test_converting_into_another_runs_deploy_folder_does_not_mix_the_runs(deployed, small_run, tmp_path):
+    out = tmp_path / "deploy"
+    shutil.copytree(deployed, out)
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**m, "source_run": "/elsewhere/another-run"}))
+    (out / "benchmark.json").write_text("{}")                              # a device's file: kept
+    r = run_cli("edgetl", "convert", small_run, "--fp32", "--force", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert [a["precision"] for a in m["artifacts"]] == ["fp32"] and m["source_run"] == str(small_run.resolve())
+    assert sorted(f.name for f in out.iterdir()) == ["benchmark.json", "labels.txt", "manifest.json", "model_fp32.tflite"]
+
+
+def test_converting_one_precision_keeps_the_runs_other_artifacts(deployed, small_run, tmp_path):
+    out = tmp_path / "deploy"
+    shutil.copytree(deployed, out)
+    int8 = (out / "model_int8.tflite").read_bytes()
+    r = run_cli("edgetl", "convert", small_run, "--fp32", "--force", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert [a["precision"] for a in m["artifacts"]] == ["fp32", "int8"] and m["default"] == "int8"
+    assert (out / "model_int8.tflite").read_bytes() == int8
 
 
 def test_every_artifact_carries_standard_metadata_and_labels(deployed):
@@ -185,7 +231,6 @@ def test_a_runs_resize_choice_travels_to_the_device(synth_data, tmp_path):
 
 def test_a_manifest_with_an_unknown_resize_is_refused_by_name(deployed, tmp_path):
     from edge_runtime import Classifier
-    from edge_runtime.errors import UserError
 
     d = shutil.copytree(deployed, tmp_path / "deploy")
     m = json.loads((d / "manifest.json").read_text())
@@ -198,7 +243,6 @@ def test_a_manifest_with_an_unknown_resize_is_refused_by_name(deployed, tmp_path
 def test_int8_over_max_drop_is_recorded_failed_and_never_the_default(small_run, tmp_path):
     """--max-drop below any possible drop (negative) makes the gate fail on whatever int8 gives."""
     from edge_runtime import Classifier
-    from edge_runtime.errors import UserError
     out = tmp_path / "d"
     r = run_cli("edgetl", "convert", small_run, "--out", out, "--max-drop", "-100", "--calibration-samples", "30")
     last = r.stderr.strip().splitlines()[-1]
@@ -216,7 +260,6 @@ def test_int8_over_max_drop_is_recorded_failed_and_never_the_default(small_run, 
 
 
 def test_a_folder_whose_only_artifact_failed_has_no_default(deployed, tmp_path):
-    from edge_runtime.errors import UserError
     from edge_runtime.manifest import load_manifest
     d = tmp_path / "d"
     shutil.copytree(deployed, d)

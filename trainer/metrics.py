@@ -26,6 +26,14 @@ def auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
+def class_averaged_accuracy(y_true, y_pred) -> float:
+    """Mean of the per-class accuracies (recalls) over the classes present: each class counts the
+    same however many photos it has (the Azure seed's class-averaged accuracy)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    accs = [float((y_pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
+    return float(np.mean(accs)) if accs else 0.0
+
+
 def classification_report(y_true, probs, classes: list[str], files: list[str] | None = None) -> dict:
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
@@ -50,7 +58,7 @@ def classification_report(y_true, probs, classes: list[str], files: list[str] | 
     report = {
         "n": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-        "class_avg_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "class_avg_accuracy": class_averaged_accuracy(y_true, y_pred),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "macro_auc": float(np.mean(aucs)) if aucs else None,
         "per_class": per_class,

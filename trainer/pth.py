@@ -10,7 +10,6 @@ state_dict needs and refuses everything else before anything is called.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import pickle
 import struct
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.errors import UserError
+from edge_runtime.manifest import sha256_file
 
 MAGIC = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -78,14 +78,6 @@ class _Unpickler(pickle.Unpickler):
         return ("__storage__", str(key))
 
 
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, np.ndarray]:
     """``{name: array}`` from a legacy-format PyTorch state_dict file.
 
@@ -95,7 +87,7 @@ def read_state_dict(path: str | Path, sha256: str | None = None) -> dict[str, np
     if not path.is_file():
         raise PthError(f"{path}: file not found")
     if sha256 is not None:
-        got = sha256_of(path)
+        got = sha256_file(path)
         if got != sha256:
             raise PthError(f"{path}: sha256 {got[:16]}... does not match the expected {sha256[:16]}...: "
                            "the file is damaged or not the published checkpoint; reinstall the package")

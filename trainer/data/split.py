@@ -16,6 +16,7 @@ import numpy as np
 
 from edge_runtime.atomic import write_json
 from edge_runtime.filelist import read_file_list, write_file_list
+from edge_runtime.manifest import sha256_file
 
 from .duplicates import DuplicateGroup, find_groups
 from .errors import DataError
@@ -93,7 +94,7 @@ def content_fingerprints(split: Split) -> dict:
 
 def _file_sha(path: Path) -> str:
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return "missing"
 
