@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ASSETS, SAMPLES, run_cli
-from trainer import lite
+from trainer.backbones import efficientnet_lite as lite
 from trainer.pth import MAGIC, PROTOCOL_VERSION, PthError, read_state_dict
 
 LABELS = ASSETS / "labels" / "imagenet_class_index.json"

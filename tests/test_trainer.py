@@ -35,6 +35,40 @@ def test_registry_has_the_promised_backbones():
     assert {f"efficientnet_lite{i}" for i in range(5)} <= got   # the Lite family registers itself
 
 
+def _all_backbones():
+    from trainer.backbones import names
+    return names()
+
+
+@pytest.mark.parametrize("name", _all_backbones())
+def test_every_registered_backbone_builds_at_64px_and_converts(name, tmp_path):
+    """timm's habit: the whole registry, not a sample. Random init at 64 px, the edgetl model
+    (preprocessing baked in), an fp32 .tflite, and the device's interpreter gives Keras' numbers;
+    Grad-CAM finds each one's last feature map."""
+    from converter.convert import tflite_bytes
+    from edge_runtime.classifier import Classifier
+    from trainer.backbones import get_backbone
+    from trainer.model import build
+
+    spec = get_backbone(name)
+    parts = build(spec, 64, 0.35 if name == "mobilenet_v2" else spec.default_alpha, "none", 3)
+    assert int(parts.features.outputs[0].shape[-1]) == spec.feature_width(spec.default_alpha)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(tflite_bytes(parts.model, "fp32"))
+    clf = Classifier(path, labels=["a", "b", "c"])
+    x = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    want = np.asarray(parts.model(x[None].astype(np.float32)))[0]
+    assert np.allclose(clf.predict(x), want, atol=1e-4), (clf.predict(x), want)
+    # and insight finds its last feature map from the graph (no per-backbone layer names)
+    from trainer.insight.cam import grad_cam
+    from trainer.insight.subject import _subject
+    subject = _subject(parts.model, ["a", "b", "c"], "bilinear", name)     # checks probe == model
+    assert tuple(parts.base.get_layer(subject.default_cam_layer()).output.shape[1:3]) == (2, 2)
+    assert subject.stage_outputs()[-1] == subject.default_cam_layer() and len(subject.stage_outputs()) >= 4
+    cam, _, probs = grad_cam(subject, x[None].astype(np.float32))
+    assert cam.shape == (1, 2, 2) and np.isfinite(cam).all() and np.allclose(probs, want, atol=1e-5)
+
+
 def test_unknown_backbone_is_refused_by_name():
     from trainer.backbones import BackboneError, get_backbone
     with pytest.raises(BackboneError, match="unknown backbone 'resnet9000'.*mobilenet_v2"):

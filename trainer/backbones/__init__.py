@@ -3,8 +3,9 @@
 Each entry says how to build it, its native input size and allowed sizes, the preprocessing its
 ImageNet weights expect (baked into the model: the model always takes RGB 0..255), its feature
 width and where its ImageNet weights come from. Like timm / keras-hub, names are the API:
-``get_backbone("mobilenet_v2")``. The EfficientNet-Lite family registers itself from its own
-module (``trainer.lite``) through the same ``register`` call.
+``get_backbone("mobilenet_v2")``. Each family is a module of this package that registers its
+members when imported; all are imported below, so the registry is complete on import.
+``hub:<handle>`` names a TF Hub feature vector outside the registry (`hub.py`).
 """
 from __future__ import annotations
 
@@ -55,14 +56,18 @@ REGISTRY: dict[str, Backbone] = {}
 
 
 def register(b: Backbone) -> Backbone:
+    if b.name in REGISTRY:
+        from edge_runtime.log import warn_once
+        warn_once(f"backbone {b.name!r} registered twice ({REGISTRY[b.name].family} and {b.family}); "
+                  "the later one is used")
     REGISTRY[b.name] = b
     return b
 
 
 def get_backbone(name: str) -> Backbone:
-    _load_plugins()
     if name.startswith("hub:"):
-        return _hub_backbone(name[4:])
+        from .hub import hub_backbone
+        return hub_backbone(name[4:])
     try:
         return REGISTRY[name]
     except KeyError:
@@ -71,15 +76,7 @@ def get_backbone(name: str) -> Backbone:
 
 
 def names() -> list[str]:
-    _load_plugins()
     return sorted(REGISTRY)
-
-
-def _load_plugins():
-    try:  # the EfficientNet-Lite family lives in its own module and registers itself
-        import trainer.lite  # noqa: F401
-    except ImportError:
-        pass
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -145,71 +142,5 @@ def keras_app_builder(app: str, name: str, top: bool = False, **fixed):
     return build
 
 
-def _register_keras_apps():
-    mnv2_width = lambda a: 1280 if a <= 1.0 else int(1280 * a)  # noqa: E731  (Keras rule)
-    register(Backbone(
-        name="mobilenet_v2", family="mobilenet_v2", default_size=224, min_size=32, max_size=224,
-        preprocessing="minus1to1", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0,
-        weights_source="keras.applications (ImageNet, ~/.keras/models); local .h5 via --weights",
-        feature_width=mnv2_width, build_base=keras_app_builder("MobileNetV2", "mobilenet_v2"),
-        build_classifier=keras_app_builder("MobileNetV2", "mobilenet_v2", top=True)))
-    for variant, ctor, width in (("small", "MobileNetV3Small", 576), ("large", "MobileNetV3Large", 960)):
-        register(Backbone(
-            name=f"mobilenet_v3_{variant}", family="mobilenet_v3", default_size=224, min_size=32,
-            max_size=224, preprocessing="internal", alphas=(0.75, 1.0), default_alpha=1.0,
-            weights_source="keras.applications (ImageNet)",
-            feature_width=lambda a, w=width: w,
-            notes="int8 HARD_SWISH is not delegated to XNNPACK: int8 can be slower than fp32",
-            build_base=keras_app_builder(ctor, f"mobilenet_v3_{variant}", minimalistic=False,
-                                         include_preprocessing=True),
-            build_classifier=keras_app_builder(ctor, f"mobilenet_v3_{variant}", top=True, minimalistic=False,
-                                               include_preprocessing=True)))
-    for i, (width, size) in enumerate(((1280, 224), (1280, 240), (1408, 260), (1536, 300))):
-        register(Backbone(
-            name=f"efficientnet_b{i}", family="efficientnet", default_size=size, min_size=32,
-            max_size=600, preprocessing="internal", weights_source="keras.applications (ImageNet)",
-            feature_width=lambda a, w=width: w,
-            build_base=keras_app_builder(f"EfficientNetB{i}", f"efficientnet_b{i}"),
-            build_classifier=keras_app_builder(f"EfficientNetB{i}", f"efficientnet_b{i}", top=True)))
-    register(Backbone(
-        name="efficientnetv2_b0", family="efficientnetv2", default_size=224, min_size=32, max_size=480,
-        preprocessing="internal", weights_source="keras.applications (ImageNet)",
-        feature_width=lambda a: 1280,
-        build_base=keras_app_builder("EfficientNetV2B0", "efficientnetv2_b0", include_preprocessing=True),
-        build_classifier=keras_app_builder("EfficientNetV2B0", "efficientnetv2_b0", top=True,
-                                           include_preprocessing=True)))
-
-
-# --------------------------------------------------------------------------- TF Hub
-def _hub_backbone(handle: str) -> Backbone:
-    """A TF Hub image feature vector (handle or local SavedModel dir), used frozen.
-
-    hub.KerasLayer needs tf_keras and cannot sit in a Keras 3 model; Keras 3's TFSMLayer loads
-    the SavedModel instead (frozen use only, see STACK.md). Hub image models take [0, 1] input.
-    """
-    def build(size: int, alpha: float, weights: str):
-        import keras
-        path = handle
-        if not Path(handle).is_dir():
-            try:
-                import tensorflow_hub as hub
-                path = hub.resolve(handle)
-            except Exception as e:
-                raise BackboneError(f"hub:{handle}: could not be fetched ({e.__class__.__name__}); "
-                                    "download it where there is internet and pass the local SavedModel folder") from None
-        try:
-            layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False)
-        except Exception as e:
-            raise BackboneError(f"hub:{handle}: not a SavedModel feature vector ({str(e)[:120]})") from None
-        inp = keras.Input((size, size, 3))
-        out = layer(inp)
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        return keras.Model(inp, out, name="hub_feature_vector")
-
-    return Backbone(name=f"hub:{handle}", family="hub", default_size=224, min_size=32, max_size=512,
-                    preprocessing="unit", weights_source=f"TF Hub {handle}", feature_width=lambda a: -1,
-                    build_base=build, notes="frozen only (fine-tuning a TFSMLayer is not supported)")
-
-
-_register_keras_apps()
+# Every family, imported explicitly (each module registers its members).
+from . import efficientnet, efficientnet_lite, mobilenet  # noqa: E402,F401
