@@ -12,10 +12,10 @@ import sys
 import click
 
 from edge_runtime.errors import UserError
-from edge_runtime.image import RESIZE_METHOD, RESIZE_METHODS
+from trainer.config import TrainConfig
 
 from . import insight_cli
-from .clikit import progress_counter, friendly
+from .clikit import friendly, options_from, progress_counter
 
 
 def _track_option(fn):
@@ -126,50 +126,12 @@ def _refuse_overwrite(out, force: bool, what: str) -> None:
 @cli.command()
 @click.argument("data", required=False)
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Run directory to create.")
-@click.option("--backbone", default="mobilenet_v2", show_default=True,
-              help="Registry name (edgetl backbones lists them) or hub:<handle-or-dir>.")
-@click.option("--alpha", type=float, help="Width multiplier (MobileNets); default: the backbone's.")
-@click.option("--size", type=int, help="Input side in pixels; default: the backbone's native size.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH to a weights file.")
-@click.option("--head", type=click.Choice(["softmax", "linear-svm"]), default="softmax", show_default=True)
-@click.option("--resize", type=click.Choice(list(RESIZE_METHODS)), default=RESIZE_METHOD, show_default=True,
-              help="How photos and frames are shrunk to the input size, here and on the device. "
-                   "On a 640x480 frame reduce-nearest costs about a third of bilinear, nearest a tenth.")
-@click.option("--head-solver", type=click.Choice(["lbfgs", "sgd"]), default="lbfgs", show_default=True,
-              help="lbfgs: solve the head exactly, L2 chosen on held-out data, then refit on train+val. "
-                   "sgd: Adam epochs with dropout and label smoothing (--epochs, --lr, --dropout, --l2).")
-@click.option("--no-refit", is_flag=True, help="lbfgs: keep the head fit on train only (no refit on train+val).")
-@click.option("--epochs", default=60, show_default=True, help="sgd head: max epochs on cached features.")
-@click.option("--fine-tune", is_flag=True, help="Phase 2: unfreeze the top blocks and train on images.")
-@click.option("--fine-tune-blocks", default=6, show_default=True)
-@click.option("--fine-tune-epochs", default=8, show_default=True)
-@click.option("--fine-tune-lr", default=1e-4, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True, help="Head learning rate.")
-@click.option("--dropout", default=0.2, show_default=True)
-@click.option("--l2", default=1e-4, show_default=True)
-@click.option("--label-smoothing", default=0.1, show_default=True)
-@click.option("--class-weights", type=click.Choice(["auto", "balanced", "none"]), default="auto", show_default=True)
-@click.option("--no-augment", is_flag=True, help="Fine-tune without augmentation.")
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test split.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["tensorflow", "jax"]),
-              help="Keras backend to train on (default: $KERAS_BACKEND, else Keras' configured one). "
-                   "A run trained on JAX converts with edgetl[train] like any other.")
-@click.option("--strategy", type=click.Choice(["auto", "default", "mirrored", "multiworker"]), default="auto",
-              show_default=True, help="auto: data-parallel over all local GPUs when there are several; "
-                                      "multiworker: one process per machine from TF_CONFIG "
-                                      "(TensorFlow only; see README).")
-@click.option("--mixed-precision", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="auto: bfloat16 on GPUs that have it (float16 on older ones), off on CPU.")
+@options_from(TrainConfig)
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), help="Continue a killed run.")
 @_track_option
 @friendly
-def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, no_refit, epochs, fine_tune, fine_tune_blocks,
-          fine_tune_epochs, fine_tune_lr, batch_size, lr, dropout, l2, label_smoothing, class_weights,
-          no_augment, fractions, seed, backend, strategy, mixed_precision, resume_dir, track):
+def train(data, out, resume_dir, track, **settings):
     """Train a classifier on DATA (folder-per-class, pre-split folder or tfds:<name>) into --out."""
-    from trainer.config import TrainConfig
     from trainer.train import train as run_training
 
     if resume_dir:
@@ -177,13 +139,7 @@ def train(data, out, backbone, alpha, size, weights, head, resize, head_solver, 
         return
     if not data or not out:
         raise click.UsageError("DATA and --out are required (or --resume RUN_DIR)")
-    cfg = TrainConfig(data=data, out=out, backbone=backbone, alpha=alpha, size=size, weights=weights,
-                      head=head, resize=resize, head_solver=head_solver, refit=not no_refit, epochs=epochs, fine_tune=fine_tune,
-                      fine_tune_blocks=fine_tune_blocks, fine_tune_epochs=fine_tune_epochs,
-                      fine_tune_lr=fine_tune_lr, batch_size=batch_size,
-                      lr=lr, dropout=dropout, l2=l2, label_smoothing=label_smoothing,
-                      class_weights=class_weights, augment=not no_augment, fractions=_fractions(fractions),
-                      seed=seed, backend=backend, strategy=strategy, mixed_precision=mixed_precision)
+    cfg = TrainConfig(data=data, out=out, **settings)
     run_training(cfg, track=track)
 
 

@@ -239,3 +239,23 @@ def test_mirrored_strategy_on_two_logical_cpus(synth_data, tmp_path):
     hw = R.read_json(out / R.CONFIG)["hardware"]
     assert hw["strategy"] == "mirrored" and hw["replicas"] == 2 and hw["mixed_precision"] is False
     assert R.read_json(out / R.METRICS)["test"]["accuracy"] >= 0.8
+
+
+def test_train_options_are_generated_from_the_config_dataclass():
+    """Every TrainConfig field is an option with help text and the dataclass's own default."""
+    import dataclasses
+
+    from edgetl.cli import train
+    from trainer.config import TrainConfig
+
+    ctx = train.make_context("train", ["DATA", "--out", "RUN"])
+    cli_fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+    options = {p.name: p for p in train.params}
+    for f in cli_fields:
+        assert f.name in options and options[f.name].help, f.name
+        assert ctx.params[f.name] == f.default, (f.name, ctx.params[f.name], f.default)
+    flags = train.make_context("train", ["DATA", "--out", "RUN", "--no-refit", "--fine-tune", "--no-augment",
+                                         "--fractions", "0.7,0.2,0.1", "--alpha", "0.35", "--patience", "4"]).params
+    cfg = TrainConfig(data="DATA", out="RUN", **{f.name: flags[f.name] for f in cli_fields})
+    assert (cfg.refit, cfg.fine_tune, cfg.augment) == (False, True, False)
+    assert cfg.fractions == (0.7, 0.2, 0.1) and cfg.alpha == 0.35 and cfg.patience == 4
