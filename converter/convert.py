@@ -249,32 +249,27 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     with replacing_dir(out) as stage, _interrupts() as interrupted:
         artifacts = []
         with tempfile.TemporaryDirectory() as tmp:
-            import keras
-            sm = Path(tmp) / "saved_model"
-            export_saved_model(model, sm)
-            # int8 ends at the logits: XNNPACK has no quantized SOFTMAX, so keeping it would leave one
-            # op outside the delegate; the device applies softmax to the dequantized logits instead.
-            sm_logits = Path(tmp) / "saved_model_logits"
-            logits = model.get_layer("probabilities").input
-            export_saved_model(keras.Model(model.inputs, logits), sm_logits)
+            # every artifact ends in probabilities: int8 keeps its SOFTMAX in float (see converter.int8)
+            src = Path(tmp) / "saved_model"
+            export_saved_model(model, src)
             for prec in precisions:
                 interrupted.check()
                 t0 = time.time()
-                src = sm_logits if prec == "int8" else sm
                 try:
                     with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
                         conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
                         if prec == "int8":
-                            blob, choice = quantize_with_recovery(conv, io, x_val, val_y, val_ref, threads=threads,
-                                                                  candidates=CANDIDATES if int8_recovery else 0,
-                                                                  log=_log, detail=_log if verbose else lambda m: None)
+                            blob, choice = quantize_with_recovery(
+                                conv, io, x_val, val_y, val_ref, labels, threads=threads,
+                                candidates=CANDIDATES if int8_recovery else 0,
+                                log=_log, detail=_log if verbose else lambda m: None)
                         else:
                             blob, choice = conv.convert(), None
                 except Exception as e:
                     raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
                 blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
                                 "int8" if prec == "int8" and io == "int8" else "float32",
-                                probabilities=prec != "int8", resize=method,
+                                probabilities=True, resize=method,
                                 name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
                                 description=f"image classifier over {len(labels)} classes, trained by edgetl")
                 secs = time.time() - t0
@@ -282,7 +277,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                 _atomic_write(path, blob)
                 clf = Classifier(path, threads=threads, labels=labels)
                 check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
-                clf.resize_method, clf.probabilities = method, prec != "int8"
+                clf.resize_method, clf.probabilities = method, True
                 pred = clf.top1(x_test)
                 acc = float((pred == test_y).mean()) if len(test_y) else 0.0
                 pred_d = clf.top1(x_draft)
@@ -304,7 +299,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                     "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
                               "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
                     "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
-                               "zero_point": int(o["quantization"][1]), "probabilities": prec != "int8"},
+                               "zero_point": int(o["quantization"][1]), "probabilities": True},
                     "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
                     "verification": ver,
                     **({"quantization": choice.to_dict()} if choice else {})})

@@ -58,21 +58,24 @@ def _quantize(calibrated: bytes, io: str, float_nodes: list[str]) -> bytes:
     from tensorflow.lite.python import convert as tfl_convert
     from tensorflow.lite.python import util
 
-    blob = tfl_convert.mlir_quantize(calibrated, fully_quantize=False,
+    # SOFTMAX stays float (XNNPACK has no int8 SOFTMAX): the int8 body ends in a DEQUANTIZE and
+    # the model outputs float probabilities, which is what MediaPipe / Task Library clients expect
+    blob = tfl_convert.mlir_quantize(calibrated, fully_quantize=False, denylisted_ops=["SOFTMAX"],
                                      denylisted_nodes=list(float_nodes) or None)
-    # the converter's own last step: integer I/O replaces the float input QUANTIZE / output DEQUANTIZE
-    return util.modify_model_io_type(blob, _io_dtype(io), _io_dtype(io)) if io != "float" else blob
+    # the converter's own last step: an integer input replaces the float input's QUANTIZE
+    import tensorflow as tf
+    return util.modify_model_io_type(blob, _io_dtype(io), tf.float32) if io != "float" else blob
 
 
 class _Candidates:
     """Candidate models as files in a scratch folder, each run through the device's own
     Classifier (same input quantization, same interpreter) and timed by the device benchmark."""
 
-    def __init__(self, threads):
+    def __init__(self, threads, labels):
         import tempfile
 
         self._dir = tempfile.TemporaryDirectory()
-        self.threads, self._n = threads, 0
+        self.threads, self.labels, self._n = threads, labels, 0
 
     def classifier(self, blob: bytes):
         from pathlib import Path
@@ -82,7 +85,7 @@ class _Candidates:
         self._n += 1
         path = Path(self._dir.name) / f"candidate_{self._n}.tflite"
         path.write_bytes(blob)
-        return Classifier(path, threads=self.threads)
+        return Classifier(path, threads=self.threads, labels=self.labels)
 
     def top1(self, blob: bytes, x: np.ndarray) -> np.ndarray:
         return self.classifier(blob).top1(x)
@@ -132,15 +135,16 @@ def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
 
 
 def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndarray, ref_val: np.ndarray,
-                           target: float = TARGET_AGREEMENT, candidates: int = CANDIDATES, threads=None,
-                           log=lambda m: None, detail=lambda m: None) -> tuple[bytes, Int8Choice]:
+                           labels: list[str], target: float = TARGET_AGREEMENT, candidates: int = CANDIDATES,
+                           threads=None, log=lambda m: None, detail=lambda m: None) -> tuple[bytes, Int8Choice]:
     """``converter``: a TFLiteConverter set up for int8 (optimizations + representative dataset).
-    ``x_val``/``y_val``: validation images and labels; ``ref_val``: the float model's top-1 on them.
+    ``x_val``/``y_val``: validation images and labels; ``ref_val``: the float model's top-1 on them;
+    ``labels``: the class names (candidates are bare .tflite files).
     ``log`` gets the summary lines, ``detail`` the per-layer ones (--verbose).
     Returns the chosen model and what was measured."""
     t0 = time.time()
     calibrated, worst = layer_errors(converter, x_val[:DEBUG_IMAGES])
-    with _Candidates(threads) as cands:
+    with _Candidates(threads, labels) as cands:
         plain = _quantize(calibrated, io, [])
         plain_score = _score(cands.top1(plain, x_val), ref_val, y_val)
         log(f"int8 recovery: plain int8 agrees with float on {plain_score['agreement']:.4f} of "

@@ -26,12 +26,13 @@ def test_default_convert_writes_fp32_int8_labels_manifest(deployed):
     assert sum(m["calibration"]["per_class"].values()) == m["calibration"]["samples"] > 0
 
 
-def test_int8_is_full_integer_with_uint8_io(deployed):
+def test_int8_is_full_integer_with_uint8_input_and_probabilities_out(deployed):
     m = json.loads((deployed / "manifest.json").read_text())
     a = next(a for a in m["artifacts"] if a["precision"] == "int8")
-    assert a["input"]["dtype"] == "uint8" and a["output"]["dtype"] == "uint8"
+    assert a["input"]["dtype"] == "uint8" and a["output"]["dtype"] == "float32" and a["output"]["probabilities"]
     v = a["verification"]
-    assert v["float_ops"] == [] and "SOFTMAX" not in v["ops"]
+    # the int8 body ends in one DEQUANTIZE; only the SOFTMAX runs in float (XNNPACK has no int8 one)
+    assert v["float_ops"] == ["SOFTMAX"] and v["ops"]["SOFTMAX"] == v["ops"]["DEQUANTIZE"] == 1
     assert set(v["not_delegated"]) <= {"QUANTIZE"}  # only the uint8->int8 input conversion
     assert v["n"] == 9 and v["agreement"] >= 0.88 and v["drop_points"] <= 12
 
@@ -158,7 +159,7 @@ def test_every_artifact_carries_standard_metadata_and_labels(deployed):
     from converter.metadata import read_metadata
     from edge_runtime.embedded import embedded_files
 
-    for prec, out_name in (("fp32", "probabilities"), ("int8", "logits")):
+    for prec, out_name in (("fp32", "probabilities"), ("int8", "probabilities")):
         blob = (deployed / f"model_{prec}.tflite").read_bytes()
         md = read_metadata(blob)
         assert md["input"]["size"] == 96 and md["input"]["color_space"] == 1  # RGB
@@ -174,15 +175,17 @@ def test_bare_tflite_knows_its_labels_and_output_meaning(deployed, tmp_path):
     lone = tmp_path / "alone.tflite"           # no manifest, no labels.txt beside it
     shutil.copy(deployed / "model_int8.tflite", lone)
     bare, full = Classifier(lone), Classifier(deployed)
-    assert bare.labels == full.labels and bare.probabilities is False
+    assert bare.labels == full.labels and bare.probabilities is True    # int8 ends in a float SOFTMAX
     img = sorted((ROOT.parent / "shared" / "assets" / "samples").glob("*.jpg"))[0]
     # same decode on both sides: the bare file has no manifest to say JPEG draft decoding was verified
     assert bare.draft is False
     np.testing.assert_allclose(bare.predict(img), full.predict(img, draft=False))
 
 
-def test_mediapipe_image_classifier_names_the_same_classes(deployed, small_run):
-    """An Android-class client (MediaPipe Tasks) loads the int8 artifact alone and agrees on top-1."""
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_mediapipe_image_classifier_sees_the_same_probabilities(deployed, small_run, precision):
+    """An Android-class client (MediaPipe Tasks) loads an artifact alone: every class's score is a
+    probability in [0, 1], they sum to 1, and each equals edge-predict's within 0.02."""
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -190,17 +193,23 @@ def test_mediapipe_image_classifier_names_the_same_classes(deployed, small_run):
     from edge_runtime.image import load_image
     from trainer.data.split import Split
 
-    clf = Classifier(deployed, precision="int8")
+    clf = Classifier(deployed, precision=precision)
     test_paths, _ = Split.load(small_run / "split").paths_labels("test")
     photos = sorted((ROOT.parent / "shared" / "assets" / "samples").glob("*.jpg")) + list(test_paths)
     opts = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_path=str(deployed / "model_int8.tflite")), max_results=1)
+        base_options=BaseOptions(model_asset_path=str(deployed / f"model_{precision}.tflite")),
+        max_results=len(clf.labels))
     with vision.ImageClassifier.create_from_options(opts) as mpc:
         for p in photos:
             # same pixels for both (the device's resize), so the comparison is about the model file
             px = np.ascontiguousarray(load_image(p, clf.size, clf.resize_method))
-            got = mpc.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=px))
-            assert got.classifications[0].categories[0].category_name == clf.classify(px, 1)[0][0], p
+            got = {c.category_name: c.score for c in mpc.classify(
+                mp.Image(image_format=mp.ImageFormat.SRGB, data=px)).classifications[0].categories}
+            ours = dict(clf.classify(px, len(clf.labels)))
+            assert set(got) == set(ours) and all(0.0 <= v <= 1.0 for v in got.values()), (p, got)
+            assert abs(sum(got.values()) - 1.0) < 0.02, (p, got)
+            assert all(abs(got[k] - ours[k]) <= 0.02 for k in ours), (p, got, ours)
+            assert max(got, key=got.get) == max(ours, key=ours.get), p
 
 
 def test_a_runs_resize_choice_travels_to_the_device(synth_data, tmp_path):
