@@ -52,7 +52,7 @@ class Classifier:
             if labels is None and emb_labels is None:
                 warn_once(f"{p}: no class names embedded and no labels.txt beside it; classes are shown as "
                           "0, 1, ... (copy labels.txt next to it, or use the deploy folder)")
-            if not info:
+            if not info and labels is None:   # a caller passing labels knows what it loads
                 warn_once(f"{p}: no edgetl facts embedded; assuming bilinear resize and probability outputs "
                           "(use the deploy folder, whose manifest says)")
             self.resize_method = info.get("resize", RESIZE_METHOD)
