@@ -13,6 +13,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def carry_over(out: Path, stage: Path, run: Path, labels: list[str], replaced: s
     except ValueError:
         old = {}
     same_run = isinstance(old, dict) and old.get("source_run") == str(run.resolve()) and old.get("labels") == labels
-    kept = [a for a in (old.get("artifacts") or [] if same_run else [])
+    kept = [a for a in ((old.get("artifacts") or []) if same_run else [])
             if isinstance(a, dict) and a.get("precision") not in replaced and a.get("file")
             and (out / a["file"]).is_file() and sha256_file(out / a["file"]) == a.get("sha256")]
     keep_files = {a["file"] for a in kept}
@@ -186,17 +187,146 @@ def _track(tracker, run: Path, out: Path, manifest: dict, artifacts: list[dict],
     tracker.end(ok)
 
 
+@dataclass
+class Reference:
+    """What every artifact is verified against, held once: the test split's pixels as the device
+    sees them, the Keras model's predictions on them, and the validation split for int8 recovery.
+    JPEG draft decoding is checked on the photos it changes only (often none)."""
+    test_y: np.ndarray
+    x_test: np.ndarray
+    keras_pred: np.ndarray
+    keras_acc: float
+    draft_changed: np.ndarray          # indices of test photos that draft decoding changes
+    x_draft_changed: np.ndarray        # their draft-decoded pixels
+    x_val: np.ndarray | None
+    val_y: np.ndarray
+    val_ref: np.ndarray
+
+
+def _predict(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Top-1 of the Keras model, converting one batch at a time to float (no float copy of x)."""
+    out = [model.predict_on_batch(x[i:i + batch].astype(np.float32)).argmax(1) for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def reference(run: Path, model, split, size: int, method: str, need_val: bool) -> Reference:
+    from trainer.data.pipeline import load_arrays
+    from trainer.evaluate import eval_items
+
+    test_paths, test_y, _ = eval_items(run)
+    x_test = load_arrays(test_paths, size, method)
+    x_draft = load_arrays(test_paths, size, method, draft=True)  # what JPEG draft decoding gives the device
+    changed = np.flatnonzero((x_draft != x_test).any(axis=(1, 2, 3))) if len(x_test) else np.zeros(0, np.int64)
+    x_draft = x_draft[changed]
+    keras_pred = _predict(model, x_test)
+    # int8 recovery chooses on the validation split only (never on the test split it is verified on)
+    val_paths, val_y = split.paths_labels("val")
+    x_val = load_arrays(val_paths, size, method) if need_val else None
+    val_ref = _predict(model, x_val) if x_val is not None else np.zeros(0, np.int64)
+    return Reference(test_y=test_y, x_test=x_test, keras_pred=keras_pred,
+                     keras_acc=float((keras_pred == test_y).mean()) if len(test_y) else 0.0,
+                     draft_changed=changed, x_draft_changed=x_draft, x_val=x_val, val_y=val_y, val_ref=val_ref)
+
+
+def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels: list[str], threads,
+                    int8_recovery: bool, verbose: bool, run: Path):
+    """One precision's .tflite flatbuffer (int8: with recovery) and what recovery chose."""
+    from .int8 import CANDIDATES, quantize_with_recovery
+
+    try:
+        with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
+            conv = _converter(src, prec, io, calib)
+            if prec != "int8":
+                return conv.convert(), None
+            return quantize_with_recovery(conv, io, ref.x_val, ref.val_y, ref.val_ref, labels, threads=threads,
+                                          candidates=CANDIDATES if int8_recovery else 0,
+                                          log=_log, detail=_log if verbose else lambda m: None)
+    except Exception as e:
+        raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
+
+
+def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, secs: float,
+           choice) -> dict:
+    """The manifest entry of one written artifact: checked tensor types, test-split accuracy and
+    agreement with Keras through the device's own Classifier, draft decoding, delegation."""
+    clf = Classifier(path, threads=threads, labels=labels)
+    check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
+    clf.resize_method, clf.probabilities = method, True
+    y, n = ref.test_y, len(ref.test_y)
+    pred = clf.top1(ref.x_test)
+    acc = float((pred == y).mean()) if n else 0.0
+    pred_d = pred.copy()
+    if len(ref.draft_changed):
+        pred_d[ref.draft_changed] = clf.top1(ref.x_draft_changed)
+    acc_d = float((pred_d == y).mean()) if n else 0.0
+    rep = graph_report(clf.interpreter)
+    i = clf.interpreter.get_input_details()[0]
+    o = clf.interpreter.get_output_details()[0]
+    ver = {"split": "test", "n": int(n), "accuracy": acc, "keras_accuracy": ref.keras_acc,
+           "class_avg_accuracy": class_averaged_accuracy(y, pred),
+           "drop_points": round(100 * (ref.keras_acc - acc), 3),
+           "agreement": float((pred == ref.keras_pred).mean()) if n else 1.0,
+           "conversion_s": round(secs, 2),
+           "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode": float((pred_d == pred).mean()) if n else 1.0,
+                          "changed_images": int(len(ref.draft_changed))},
+           **rep}
+    _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {ref.keras_acc:.4f}, "
+         f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
+         f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
+    return {
+        "file": path.name, "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+        "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
+                  "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
+        "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
+                   "zero_point": int(o["quantization"][1]), "probabilities": True},
+        "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
+        "verification": ver,
+        **({"quantization": choice.to_dict()} if choice else {})}
+
+
+def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: str, io: str, max_drop: float,
+                   calibration: dict, artifacts: list[dict]) -> dict:
+    return {
+        "format": FORMAT,
+        "labels": labels, "labels_file": "labels.txt",
+        "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method,
+                  # draft JPEG decoding is allowed on the device only when it costs no accuracy here
+                  "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
+                                    <= max_drop / 100 for a in artifacts)},
+        "backbone": cfg.get("backbone", {}),
+        "source_run": str(run.resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "calibration": calibration,
+        "io": io,
+        "artifacts": artifacts,
+    }
+
+
+def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
+    """Record each artifact's verdict (the device refuses a failed one as its default); returns
+    the failed ones: an int8 that loses more than ``max_drop`` points."""
+    failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
+    for a in artifacts:
+        a["verification"]["status"] = "failed" if a in failed else "passed"
+        if a in failed:
+            a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
+    return failed
+
+
 def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
             calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
             threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
             track: str | None = None) -> dict:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
     ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
-    from trainer.evaluate import eval_items, load_run_model
+    from trainer.data.split import Split
+    from trainer.evaluate import load_run_model
     from trainer.tracking import Tracker
 
-    tracker = Tracker(track, explicit=track is not None)
+    from .calibration import representative_dataset, stratified_sample
+    from .metadata import populate
 
+    tracker = Tracker(track, explicit=track is not None)
     run = Path(run)
     precisions = [p for p in PRECISIONS if p in precisions]
     if io not in IO_TYPES:
@@ -220,29 +350,10 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     if clash and not force:
         raise UserError(f"{out / clash[0]}: exists; pass --force to overwrite or --out another folder")
 
-
-    from trainer.data.split import Split
-
     split = Split.load(run / R.SPLIT)
     tpaths, ty = split.paths_labels("train")
-    from .calibration import representative_dataset, stratified_sample
-    from .int8 import CANDIDATES, quantize_with_recovery
-    from .metadata import populate
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
-    test_paths, test_y, _ = eval_items(run)
-
-    # Keras reference on the same pixels the device will see
-    from trainer.data.pipeline import load_arrays
-    x_test = load_arrays(test_paths, size, method)
-    x_draft = load_arrays(test_paths, size, method, draft=True)  # what JPEG draft decoding gives the device
-    keras_probs = model.predict(x_test.astype(np.float32), batch_size=32, verbose=0)
-    keras_pred = keras_probs.argmax(1)
-    keras_acc = float((keras_pred == test_y).mean()) if len(test_y) else 0.0
-    # int8 recovery chooses on the validation split only (never on the test split it is verified on)
-    val_paths, val_y = split.paths_labels("val")
-    x_val = load_arrays(val_paths, size, method) if "int8" in precisions else None
-    val_ref = (model.predict(x_val.astype(np.float32), batch_size=32, verbose=0).argmax(1)
-               if x_val is not None and len(x_val) else np.zeros(0, np.int64))
+    ref = reference(run, model, split, size, method, need_val="int8" in precisions)
 
     # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
     # sees the old deploy folder or the new one, never a mix of two conversions
@@ -255,80 +366,22 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             for prec in precisions:
                 interrupted.check()
                 t0 = time.time()
-                try:
-                    with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
-                        conv = _converter(src, prec, io, representative_dataset(calib_paths, size, method))
-                        if prec == "int8":
-                            blob, choice = quantize_with_recovery(
-                                conv, io, x_val, val_y, val_ref, labels, threads=threads,
-                                candidates=CANDIDATES if int8_recovery else 0,
-                                log=_log, detail=_log if verbose else lambda m: None)
-                        else:
-                            blob, choice = conv.convert(), None
-                except Exception as e:
-                    raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
-                blob = populate(blob, labels, size, "uint8" if prec == "int8" and io == "uint8" else
-                                "int8" if prec == "int8" and io == "int8" else "float32",
+                blob, choice = _artifact_bytes(src, prec, io, representative_dataset(calib_paths, size, method),
+                                               ref, labels, threads, int8_recovery, verbose, run)
+                blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
                                 name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
                                 description=f"image classifier over {len(labels)} classes, trained by edgetl")
-                secs = time.time() - t0
                 path = stage / names[prec]
                 _atomic_write(path, blob)
-                clf = Classifier(path, threads=threads, labels=labels)
-                check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
-                clf.resize_method, clf.probabilities = method, True
-                pred = clf.top1(x_test)
-                acc = float((pred == test_y).mean()) if len(test_y) else 0.0
-                pred_d = clf.top1(x_draft)
-                acc_d = float((pred_d == test_y).mean()) if len(test_y) else 0.0
-                rep = graph_report(clf.interpreter)
-                i = clf.interpreter.get_input_details()[0]
-                o = clf.interpreter.get_output_details()[0]
-                ver = {"split": "test", "n": int(len(test_y)), "accuracy": acc, "keras_accuracy": keras_acc,
-                       "class_avg_accuracy": class_averaged_accuracy(test_y, pred),
-                       "drop_points": round(100 * (keras_acc - acc), 3),
-                       "agreement": float((pred == keras_pred).mean()) if len(test_y) else 1.0,
-                       "conversion_s": round(secs, 2),
-                       "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode":
-                                      float((pred_d == pred).mean()) if len(test_y) else 1.0,
-                                      "changed_images": int((x_draft != x_test).any(axis=(1, 2, 3)).sum())},
-                       **rep}
-                artifacts.append({
-                    "file": names[prec], "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-                    "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
-                              "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
-                    "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
-                               "zero_point": int(o["quantization"][1]), "probabilities": True},
-                    "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
-                    "verification": ver,
-                    **({"quantization": choice.to_dict()} if choice else {})})
-                _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {keras_acc:.4f}, "
-                     f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
-                     f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
+                artifacts.append(verify(path, prec, io, ref, labels, method, threads, time.time() - t0, choice))
         R.write_text(stage / "labels.txt", "\n".join(labels) + "\n")
-        manifest = {
-            "format": FORMAT,
-            "labels": labels, "labels_file": "labels.txt",
-            "input": {"size": size, "color": "RGB", "range": [0, 255], "layout": "NHWC", "resize": method,
-                      # draft JPEG decoding is allowed on the device only when it costs no accuracy here
-                      "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
-                                        <= max_drop / 100 for a in artifacts)},
-            "backbone": cfg.get("backbone", {}),
-            "source_run": str(run.resolve()),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "calibration": {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
-                            "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False},
-            "io": io,
-            "artifacts": artifacts,
-        }
+        calibration = {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
+                       "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False}
+        manifest = build_manifest(run, cfg, labels, size, method, io, max_drop, calibration, artifacts)
         kept = carry_over(out, stage, run, labels, {a["precision"] for a in artifacts})
         manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
-        failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
-        for a in artifacts:   # recorded, so the device can refuse a rejected artifact as its default
-            a["verification"]["status"] = "failed" if a in failed else "passed"
-            if a in failed:
-                a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
+        failed = mark_failures(artifacts, max_drop)
         manifest["default"] = default_precision(manifest["artifacts"])
         R.write_json(stage / NAME, manifest)
         interrupted.check()
