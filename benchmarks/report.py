@@ -73,14 +73,22 @@ _SLOWER = {"int8": 1.10, "dynamic": 1.10, "fp16": 1.25}
 _BOUNDARY = {"QUANTIZE", "DEQUANTIZE"}
 
 
-def _why_slower(precision: str, not_delegated: list[str]) -> str:
+def _why_slower(precision: str, not_delegated: list[str], isa: str = "unknown") -> str:
     if precision == "int8":
         inner = sorted(set(not_delegated) - _BOUNDARY)
         if inner:
             return f"{', '.join(inner)} not delegated: it runs on TFLite's reference int8 kernels"
-        return ("every compute op is in XNNPACK (only the input QUANTIZE is not), whose int8 kernels "
-                "are simply slower than fp32 on this CPU; ARM cores with int8 dot-product often "
-                "reverse this, so measure on the device (edge-predict --benchmark)")
+        if isa.startswith(("AVX2 only", "ARM NEON, no")):
+            return (f"every compute op is in XNNPACK (only the input QUANTIZE is not); this CPU has {isa}, "
+                    "so an int8 dot product takes several instructions and int8 is no faster than fp32 here. "
+                    "On a VNNI x86 or an ARM core with int8 dot-product it is about 2x faster: measure on the "
+                    "device (edge-predict --benchmark)")
+        if isa != "unknown":
+            return (f"every compute op is in XNNPACK (only the input QUANTIZE is not) and this CPU has {isa}, "
+                    "where int8 is usually about 2x faster than fp32: a slower int8 here is more likely "
+                    "noise on a shared machine; measure again")
+        return ("every compute op is in XNNPACK (only the input QUANTIZE is not); this CPU's int8 "
+                "instructions are unknown, so measure on the device (edge-predict --benchmark)")
     if precision == "dynamic":
         return ("dynamic-range kernels quantize activations on the fly and are not delegated to "
                 "XNNPACK on x86")
@@ -95,6 +103,7 @@ def traps(rep: dict) -> list[str]:
         if r.get("status") == "ok":
             by.setdefault(r["row"], {})[r["precision"]] = r
     notes = []
+    isa = rep.get("machine", {}).get("int8_instructions", "unknown")
     for name, precs in by.items():
         fp32 = _lat(precs.get("fp32"), tn, "raw_ms") if "fp32" in precs else None
         fp32_p90 = _lat(precs.get("fp32"), tn, "raw_ms", "p90") if "fp32" in precs else None
@@ -103,7 +112,12 @@ def traps(rep: dict) -> list[str]:
             # medians taken minutes apart on a shared machine: only a gap beyond fp32's own spread counts
             if fp32 and ms and ms > fp32 * _SLOWER[p] and ms > (fp32_p90 or fp32):
                 notes.append(f"{name}: {p} is slower than fp32 ({ms:.2f} vs {fp32:.2f} ms): "
-                             f"{_why_slower(p, precs[p].get('not_delegated') or [])}")
+                             f"{_why_slower(p, precs[p].get('not_delegated') or [], isa)}")
+        for p, r in precs.items():   # a whole frame cannot take less than the invoke inside it
+            raw, e2e = _lat(r, tn, "raw_ms"), _lat(r, tn, "end_to_end_ms")
+            if raw and e2e and e2e < raw:
+                notes.append(f"{name} {p}: end-to-end median {e2e:.2f} ms is below the raw invoke median "
+                             f"{raw:.2f} ms: noise from a shared machine, not a real difference; measure again")
         for p, r in precs.items():
             if r.get("not_delegated"):
                 notes.append(f"{name} {p}: not fully delegated to XNNPACK; on the CPU's own kernels: "
@@ -152,7 +166,8 @@ def markdown(rep: dict, budget_ms: float | None = None) -> str:
         lines.append(f"- command: `{rep['command']}`")
     lines += [
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['system']} {m['machine']}, Python {m['python']}, "
-             f"runtime {m['runtime']} ({', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())})",
+             f"runtime {m['runtime']} ({', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}), "
+             f"int8 instructions: {m.get('int8_instructions', 'not recorded')}",
              f"- data: {rep['data']}", f"- date: {rep['date']}",
              f"- latency: {rep['method']['warmup']} warm-up runs discarded, {rep['method']['runs']} timed runs, median "
              f"and p90, in ms; raw = interpreter invoke only, e2e = decoded 640x480 frame -> top-k; 1t = 1 thread, "

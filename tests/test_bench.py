@@ -101,6 +101,36 @@ def test_int8_slower_with_only_the_input_quantize_outside_blames_the_kernels_not
     assert len(notes) == 1 and "every compute op is in XNNPACK" in notes[0]
 
 
+@pytest.mark.parametrize("isa, says", [
+    ("AVX2 only, no VNNI", "int8 is no faster than fp32 here"),
+    ("ARM NEON, no int8 dot-product", "int8 is no faster than fp32 here"),
+    ("AVX-512 VNNI", "more likely noise"),
+    ("int8 dot-product", "more likely noise"),
+])
+def test_the_int8_explanation_comes_from_the_cpus_instructions(isa, says):
+    rep = _rep(int8_ms=9.0, fp32_ms=5.0, not_delegated=["QUANTIZE"])
+    rep["machine"]["int8_instructions"] = isa
+    notes = [n for n in traps(rep) if "slower" in n]
+    assert len(notes) == 1 and isa in notes[0] and says in notes[0]
+    assert f"int8 instructions: {isa}" in markdown(rep)
+
+
+def test_cpu_int8_features_are_read_from_cpuinfo():
+    from edge_runtime.benchmark import int8_instructions
+    assert int8_instructions("flags\t: fma avx2 avx512f avx512_vnni") == "AVX-512 VNNI"
+    assert int8_instructions("flags\t: fma avx2 avx_vnni") == "AVX-VNNI"
+    assert int8_instructions("flags\t: fma avx2") == "AVX2 only, no VNNI"
+    assert int8_instructions("Features\t: fp asimd asimddp i8mm") == "int8 dot-product + i8mm"
+    assert int8_instructions("Features\t: fp asimd") == "ARM NEON, no int8 dot-product"
+
+
+def test_an_end_to_end_median_below_the_raw_median_is_called_noise():
+    rep = _rep(int8_ms=3.0, fp32_ms=5.0)
+    rep["rows"][0]["latency"]["1"]["end_to_end_ms"]["median"] = 4.0      # below fp32's raw 5.0
+    assert any("below the raw invoke median" in n and "noise" in n for n in traps(rep))
+    assert not any("below the raw" in n for n in traps(_rep(int8_ms=3.0, fp32_ms=5.0)))
+
+
 def test_a_gap_within_fp32s_own_spread_is_not_called_slower():
     assert not any("slower" in n for n in traps(_rep(int8_ms=5.8, fp32_ms=5.0, fp32_p90=6.0)))
     assert any("slower" in n for n in traps(_rep(int8_ms=6.5, fp32_ms=5.0, fp32_p90=6.0)))
