@@ -102,10 +102,7 @@ class Classifier:
         y = self.interpreter.get_tensor(self._out)[0]
         if y.dtype != np.float32:
             y = (y.astype(np.float32) - self.out_zero) * self.out_scale
-        if not self.probabilities:
-            e = np.exp(y - y.max())
-            y = e / e.sum()
-        return y
+        return y if self.probabilities else softmax(y)
 
     def predict(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
         return self.invoke(self.preprocess(image, draft))
@@ -143,3 +140,9 @@ def _cross_check(manifest: Path, model: Path, labels: list[str], probabilities: 
     if "probabilities" in info and bool(info["probabilities"]) != bool(probabilities):
         raise UserError(f"{manifest}: says probabilities={probabilities} but {model.name} says "
                         f"{bool(info['probabilities'])}; copy the deploy folder again or re-run edgetl convert")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Probabilities from scores (logits) along the last axis, overflow-safe."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)

@@ -15,7 +15,7 @@ from edge_runtime.errors import UserError
 from trainer.config import TrainConfig
 
 from . import insight_cli
-from .clikit import friendly, options_from, progress_counter
+from .clikit import comma_floats, friendly, options_from, progress_counter
 
 
 def _track_option(fn):
@@ -95,7 +95,8 @@ def data_synth(out, per_class, size, seed, force):
 @data.command("split")
 @click.argument("source")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the file lists.")
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, callback=comma_floats(3),
+              help="train,val,test fractions.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace file lists already in OUT.")
 @friendly
@@ -106,7 +107,7 @@ def data_split(source, out, fractions, seed, force):
     _refuse_overwrite(out, force, "file lists")
 
     ds = load_dataset(source, progress=progress_counter("checking images"))
-    sp = make_split(ds, fractions=_fractions(fractions), seed=seed)
+    sp = make_split(ds, fractions=fractions, seed=seed)
     sp.save(out)
     c = sp.counts()
     click.echo(" ".join(f"{s} {sum(c[s].values())}" for s in ("train", "val", "test")) + f" -> {out}")
@@ -418,16 +419,6 @@ def backbones_cmd():
         b = REGISTRY[n]
         click.echo(f"{n:<20} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} {b.weights_source}")
     click.echo("hub:<handle-or-SavedModel-dir>  TF Hub image feature vector (frozen)")
-
-
-def _fractions(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3:
-        raise click.BadParameter(f"expected three numbers like 0.8,0.1,0.1, got {text!r}")
-    return parts
 
 
 for _command in insight_cli.COMMANDS:

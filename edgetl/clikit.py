@@ -57,7 +57,8 @@ def progress_counter(label):
     return cb
 
 
-def _tuple_of_floats(n: int):
+def comma_floats(n: int):
+    """A click callback: ``a,b,c`` -> a tuple of ``n`` floats, or a usage error."""
     def parse(ctx, param, value):
         if isinstance(value, tuple):
             return value
@@ -87,7 +88,7 @@ def options_from(cls):
                 fn = click.option(flag, f.name, flag_value=not f.default, default=f.default, help=kw["help"])(fn)
                 continue
             if isinstance(f.default, tuple):
-                kw.update(default=",".join(f"{v:g}" for v in f.default), callback=_tuple_of_floats(len(f.default)))
+                kw.update(default=",".join(f"{v:g}" for v in f.default), callback=comma_floats(len(f.default)))
             elif "choices" in meta:
                 kw.update(type=click.Choice(list(meta["choices"])), default=f.default)
             elif f.default is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edge_runtime.atomic import write_json, write_text
 from edge_runtime.errors import UserError
 
 from .clikit import progress_counter, friendly
@@ -48,12 +49,6 @@ def _out(out, default: Path) -> Path:
     p = Path(out) if out else default
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def _write_json(path: Path, obj) -> None:
-    from edge_runtime.atomic import write_json
-
-    write_json(path, obj)
 
 
 def _save_png(path: Path, image) -> None:
@@ -214,7 +209,7 @@ def dream(args, steps, tv_weight, jitter, lr, until, seed, backbone, weights, al
     folder = _out(out, default)
     stem = "dream_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r.class_name)
     _save_png(folder / f"{stem}.png", r.image)
-    _write_json(folder / f"{stem}.json", r.summary())
+    write_json(folder / f"{stem}.json", r.summary())
     click.echo(f"{r.class_name}: probability {r.probability:.4f}, total variation {r.total_variation:.2f}, "
                f"{r.steps} step(s) -> {folder / stem}.png")
 
@@ -250,8 +245,7 @@ def attack(args, target, eps, steps, jpeg, report, count, backbone, weights, alp
             raise UserError("--report attacks the run's test split; give no IMAGE with it")
         rep = robustness_report(subject, count, steps=steps, progress=progress_counter("attack"))
         folder = _out(out, default)
-        _write_json(folder / "attack_report.json", rep)
-        from edge_runtime.atomic import write_text
+        write_json(folder / "attack_report.json", rep)
         write_text(folder / "attack_report.md", format_report(rep))
         click.echo(format_report(rep).rstrip("\n"))
         click.echo(f"wrote {folder / 'attack_report.json'} and .md")
@@ -263,7 +257,7 @@ def attack(args, target, eps, steps, jpeg, report, count, backbone, weights, alp
     stem = f"attack_{Path(rest[0]).stem}"
     _save_png(folder / f"{stem}.png", r.adversarial)
     attack_figure(r, folder / f"{stem}_figure.png")
-    _write_json(folder / f"{stem}.json", r.summary())
+    write_json(folder / f"{stem}.json", r.summary())
     o, a = r.model["original"], r.model["adversarial"]
     click.echo(f"model: {o[0]} {o[1]:.3f} -> {a[0]} {a[1]:.3f} ({'fooled' if r.success else 'not fooled'}); "
                f"L-inf {r.linf * 255:.0f}/255, L2 {r.l2:.3f}, {r.steps} steps")

@@ -73,20 +73,21 @@ def pgd(subject: Subject, images: np.ndarray, labels: np.ndarray, targeted: bool
     return np.concatenate(out) if out else np.zeros((0, subject.size, subject.size, 3), np.uint8)
 
 
-def deploy_artifacts(run: Path | None) -> list[str]:
-    """The precisions in RUN/deploy (empty when the run was not converted)."""
+def device_models(run: Path | None) -> dict:
+    """{precision: Classifier} for every .tflite in RUN/deploy, each loaded (and sha256-checked)
+    once; empty when the run was not converted."""
     if run is None or not (Path(run) / "deploy" / "manifest.json").exists():
-        return []
+        return {}
+    from edge_runtime.classifier import Classifier
     from edge_runtime.manifest import load_manifest
 
-    return [a["precision"] for a in load_manifest(Path(run) / "deploy").data["artifacts"]]
+    deploy = Path(run) / "deploy"
+    return {a["precision"]: Classifier(deploy, precision=a["precision"])
+            for a in load_manifest(deploy).data["artifacts"]}
 
 
-def device_probabilities(run: Path, precision: str, images: np.ndarray) -> np.ndarray:
-    """Each image through one .tflite of RUN/deploy with the edge runtime (what the device sees)."""
-    from edge_runtime.classifier import Classifier
-
-    clf = Classifier(Path(run) / "deploy", threads=None, precision=precision)
+def device_probabilities(clf, images: np.ndarray) -> np.ndarray:
+    """Each image through one .tflite with the edge runtime (what the device sees)."""
     return np.stack([clf.predict(im) for im in images]) if len(images) else np.zeros((0, len(clf.labels)))
 
 
@@ -131,12 +132,12 @@ def _verdict(classes, before: np.ndarray, after: np.ndarray, target: int | None,
 
 
 def _judge(subject: Subject, original: np.ndarray, adv: np.ndarray, target: int | None, source: int,
-           devices: list[str]) -> tuple[dict, list]:
+           devices: dict) -> tuple[dict, list]:
     p = subject.probabilities(np.stack([original, adv]))
     model = _verdict(subject.classes, p[0], p[1], target, source)
     per_device = []
-    for prec in devices:
-        d = device_probabilities(subject.run, prec, [original, adv])
+    for prec, clf in devices.items():
+        d = device_probabilities(clf, [original, adv])
         per_device.append({"precision": prec, **_verdict(subject.classes, d[0], d[1], target, source)})
     return model, per_device
 
@@ -157,7 +158,7 @@ def attack(subject: Subject, image, target: str | int | None = None, eps: float 
         raise UserError(f"the model already calls this photo {subject.classes[t]!r}; pick another --target")
     adv = pgd(subject, x[None], np.array([source if t is None else t]), t is not None, eps, steps,
               progress=progress)[0]
-    arts = deploy_artifacts(subject.run) if devices else []
+    arts = device_models(subject.run) if devices else {}
     model, per_device = _judge(subject, x, adv, t, source, arts)
     diff = (adv.astype(np.float64) - x.astype(np.float64)) / 255.0
     result = AttackResult(original=x, adversarial=adv, target=None if t is None else subject.classes[t], eps=eps,
@@ -174,24 +175,15 @@ def robustness_report(subject: Subject, n: int = 100, eps_list=REPORT_EPS, steps
                       progress=None) -> dict:
     """Untargeted success rate per eps on up to ``n`` test photos the float model gets right, and
     how often a successful adversarial photo also fools each .tflite in RUN/deploy (transfer)."""
-    if subject.run is None:
-        raise UserError("--report needs a trained run (its test split)")
     if n < 1:
         raise UserError(f"--n {n}: give 1 or more")
-    from .. import rundir as R
-    from ..data.split import Split
-
-    split_dir = subject.run / R.SPLIT
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir}: missing; the run has no test split (re-run edgetl train)")
-    paths, y = Split.load(split_dir).paths_labels("test")
-    arrays = np.stack([subject.load(p) for p in paths])
-    right = np.flatnonzero(subject.probabilities(arrays).argmax(axis=1) == y)[:n]
+    _, y, arrays = subject.test_split("--report")
+    right = np.flatnonzero(subject.probabilities(arrays).argmax(axis=1) == y)[:n] if len(arrays) else []
     if not len(right):
         raise UserError(f"{subject.run}: the model gets no test photo right; nothing to attack")
     x, labels = arrays[right], y[right]
-    arts = deploy_artifacts(subject.run)
-    clean = {p: device_probabilities(subject.run, p, x).argmax(axis=1) for p in arts}
+    arts = device_models(subject.run)
+    clean = {p: device_probabilities(clf, x).argmax(axis=1) for p, clf in arts.items()}
     rows = []
     for k, e in enumerate(eps_list):
         eps = parse_eps(e)
@@ -200,12 +192,12 @@ def robustness_report(subject: Subject, n: int = 100, eps_list=REPORT_EPS, steps
         fooled = subject.probabilities(adv).argmax(axis=1) != labels
         row = {"eps": str(e), "eps_value": eps, "images": int(len(x)), "success_rate": float(fooled.mean()),
                "transfer": {}}
-        for p in arts:
-            dev_wrong = device_probabilities(subject.run, p, adv).argmax(axis=1) != labels
+        for p, clf in arts.items():
+            dev_wrong = device_probabilities(clf, adv).argmax(axis=1) != labels
             row["transfer"][p] = {
                 "transfer_rate": float(dev_wrong[fooled].mean()) if fooled.any() else None,
                 "fooled_rate": float(dev_wrong.mean()),
                 "clean_accuracy": float((clean[p] == labels).mean())}
         rows.append(row)
     return {"run": str(subject.run), "images": int(len(x)), "steps": steps, "attack": "untargeted PGD, L-inf",
-            "artifacts": arts, "rows": rows}
+            "artifacts": list(arts), "rows": rows}

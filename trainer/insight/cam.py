@@ -8,13 +8,12 @@ not the probability, so a confident class still has a useful gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import UserError
+from edge_runtime.classifier import softmax
 
-from .subject import Subject, keras_tf, softmax
+from .subject import Subject, keras_tf
 
 
 @dataclass
@@ -90,22 +89,9 @@ def explain(subject: Subject, images, class_name: str | int | None = None, layer
 def explain_misclassified(subject: Subject, max_images: int = 16, layer: str | None = None) -> list[tuple[Explanation, int]]:
     """The run's wrong test predictions, each explained for the class it was taken for:
     [(explanation, true class index)], the most confident mistakes first."""
-    if subject.run is None:
-        raise UserError("--misclassified needs a trained run (its test split)")
-    from ..data.split import Split
-    from .. import rundir as R
-
-    split_dir = subject.run / R.SPLIT
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir}: missing; the run has no test split to explain (re-run edgetl train)")
-    paths, y = Split.load(split_dir).paths_labels("test")
-    missing = [p for p in paths if not Path(p).exists()]
-    if missing:
-        raise UserError(f"{missing[0]}: test photo not found (the data folder moved?); restore the data "
-                        "folder where it was when the run was trained")
-    arrays = np.stack([subject.load(p) for p in paths]) if paths else np.zeros((0, subject.size, subject.size, 3))
-    probs = subject.probabilities(arrays) if len(arrays) else np.zeros((0, len(subject.classes)))
-    wrong = np.flatnonzero(probs.argmax(axis=1) != y) if len(arrays) else np.array([], int)
+    paths, y, pixels = subject.test_split("--misclassified")
+    probs = subject.probabilities(pixels) if len(pixels) else np.zeros((0, len(subject.classes)))
+    wrong = np.flatnonzero(probs.argmax(axis=1) != y)
     wrong = wrong[np.argsort(-probs[wrong].max(axis=1))][:max_images]
     if not len(wrong):
         return []

@@ -32,6 +32,13 @@ def pick_layers(subject: Subject, spec: str = "early,middle,late") -> list[str]:
     return out
 
 
+def to_unit_range(a: np.ndarray, axis) -> np.ndarray:
+    """``a`` scaled to [0, 1] separately over ``axis`` (per channel, per kernel), so each shows."""
+    lo = a.min(axis=axis, keepdims=True)
+    hi = a.max(axis=axis, keepdims=True)
+    return ((a - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32)
+
+
 @dataclass
 class LayerMaps:
     layer: str
@@ -49,10 +56,7 @@ def activations(subject: Subject, image, layers: str = "early,middle,late", per_
     for name, m in zip(names, maps):
         m = np.asarray(m, np.float32)[0]
         order = np.argsort(-m.mean(axis=(0, 1)), kind="stable")[:per_layer]
-        picked = m[..., order]
-        lo = picked.min(axis=(0, 1), keepdims=True)
-        hi = picked.max(axis=(0, 1), keepdims=True)
-        out.append(LayerMaps(name, ((picked - lo) / np.maximum(hi - lo, 1e-12)).astype(np.float32),
+        out.append(LayerMaps(name, to_unit_range(m[..., order], axis=(0, 1)),
                              [int(c) for c in order], tuple(m.shape)))
     return x, out
 
@@ -64,9 +68,7 @@ def first_conv_filters(subject: Subject) -> tuple[str, np.ndarray]:
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and len(kernel.shape) == 4 and int(kernel.shape[2]) == 3:
             k = np.transpose(np.asarray(kernel, np.float32), (3, 0, 1, 2))
-            lo = k.min(axis=(1, 2, 3), keepdims=True)
-            hi = k.max(axis=(1, 2, 3), keepdims=True)
-            return layer.name, (k - lo) / np.maximum(hi - lo, 1e-12)
+            return layer.name, to_unit_range(k, axis=(1, 2, 3))
     raise UserError(f"{subject.name}: no convolution reads the RGB input directly")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.classifier import softmax
 from edge_runtime.errors import UserError
 from edge_runtime.image import load_image
 
@@ -113,10 +114,22 @@ class Subject:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return softmax(self.logits(images))
 
+    def test_split(self, why: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(paths, labels, uint8 pixels) of the run's test split; ``why`` names the option needing it."""
+        if self.run is None:
+            raise UserError(f"{why} needs a trained run (its test split)")
+        from ..data.split import Split
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+        split_dir = self.run / R.SPLIT
+        if not split_dir.is_dir():
+            raise UserError(f"{split_dir}: missing; the run has no test split (re-run edgetl train)")
+        paths, y = Split.load(split_dir).paths_labels("test")
+        missing = [p for p in paths if not Path(p).exists()]
+        if missing:
+            raise UserError(f"{missing[0]}: test photo not found (the data folder moved?); restore the data "
+                            "folder where it was when the run was trained")
+        pixels = np.stack([self.load(p) for p in paths]) if paths else np.zeros((0, self.size, self.size, 3), np.uint8)
+        return paths, y, pixels
 
 
 def _output_shape(layer):
