@@ -1,39 +1,57 @@
-"""edgetl's frozen training vs the plain Keras-tutorial recipe, same data, split and CPU, one run.
+"""How fast images become a trained frozen model, and whether memory stays flat as folders grow.
 
-The tutorial recipe (Udacity / Keras guide): frozen MobileNetV2 inside the graph, then
-GlobalAveragePooling + Dropout + Dense, Adam, 6 epochs over tf.data, so the backbone runs over
-every training and validation image in every epoch. edgetl computes backbone features once and
-trains the head on the cache. Both read images through the same decoder and are timed from image
-files to a trained model; both are scored on the same held-out test split.
+``speed`` (one run, same data, split and CPU for every row): edgetl with ``--features litert``,
+edgetl with ``--features keras``, and the plain Keras-tutorial recipe (Udacity / Keras guide:
+the frozen backbone inside the graph, then Dropout + Dense, Adam, 6 epochs over the images, so the
+backbone runs over every training and validation image in every epoch). Each is timed from image
+files to a trained model and scored on the same held-out test split. edgetl's LiteRT engine runs
+twice: first from an empty extractor cache (its time includes converting the backbone), then as
+every later run on that backbone does, with the converted extractor cached.
 
-    python -m benchmarks.train_speed --data ../shared/assets/data/flowers5_kaggle227 \
-        --weights ../shared/assets/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5
+    python -m benchmarks.train_speed speed --data ../shared/assets/data/flowers5_kaggle227 \\
+        --backbone mobilenet_v2 --weights ../shared/assets/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5
+
+``scale``: synthetic folders (the project's generator) of 1k, 4k, 16k, 64k images, each trained
+frozen by ``edgetl train`` in its own process -> seconds per 1,000 images and peak RSS per size,
+as a table and a PNG.
+
+    python -m benchmarks.train_speed scale --sizes 1000,4000,16000,64000 --work /tmp/scale
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+RESULTS = Path("benchmarks/results")
+FIRST = "edgetl --features litert, first run (converts the backbone)"
+CACHED = "edgetl --features litert, extractor cached"
 
-def tutorial_recipe(split, size: int, alpha: float, weights: str, epochs: int = 6, batch: int = 32, seed: int = 0):
+
+def tutorial_recipe(split, backbone: str, size: int, alpha, weights: str, epochs: int = 6, batch: int = 32,
+                    seed: int = 0):
+    """The tutorial's model and loop on the registry's backbone (same weights and preprocessing
+    as edgetl's): returns (seconds from images to trained model, test accuracy)."""
     import keras
 
+    from trainer.backbones import get_backbone, preprocessing_layer
     from trainer.data.pipeline import image_dataset
 
     keras.utils.set_random_seed(seed)
     t0 = time.time()
     n = len(split.classes)
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
-    base.load_weights(weights)
+    spec = get_backbone(backbone)
+    base = spec.build_base(size, alpha if alpha is not None else spec.default_alpha, weights)  # ends pooled
     base.trainable = False
     inp = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inp)
-    x = base(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    pre = preprocessing_layer(spec.preprocessing)
+    x = base(pre(inp) if pre is not None else inp, training=False)
     x = keras.layers.Dropout(0.2)(x)
     out = keras.layers.Dense(n, activation="softmax")(x)
     model = keras.Model(inp, out)
@@ -51,43 +69,161 @@ def tutorial_recipe(split, size: int, alpha: float, weights: str, epochs: int = 
     return wall, float((probs.argmax(1) == sy).mean())
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--weights", required=True, help="MobileNetV2 ImageNet weights file (.h5)")
-    ap.add_argument("--alpha", type=float, default=1.0)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--epochs", type=int, default=6, help="tutorial epochs")
-    ap.add_argument("--out", default="benchmarks/results/train_speed.json")
-    a = ap.parse_args(argv)
-
-    from trainer import rundir as R
+def edgetl_row(data: str, out: Path, backbone: str, alpha, weights: str, features: str) -> dict:
     from trainer.config import TrainConfig
-    from trainer.data.split import Split
     from trainer.train import train
 
+    m = train(TrainConfig(data=data, out=str(out), backbone=backbone, alpha=alpha, weights=weights,
+                          features=features))
+    return {"wall_s": m["timing"]["trained_s"], "wall_incl_eval_s": m["timing"]["total_s"],
+            "feature_extraction_s": m["timing"]["feature_extraction_s"], "head_s": m["timing"]["head_s"],
+            "test_accuracy": round(m["test"]["accuracy"], 4), "engine": m["features"]}
+
+
+def speed(a) -> int:
+    from trainer import rundir as R
+    from trainer.data.split import Split
+
+    res = {"data": a.data, "backbone": a.backbone, "alpha": a.alpha, "weights": a.weights, "rows": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        t0 = time.time()
-        m = train(TrainConfig(data=a.data, out=str(run), backbone="mobilenet_v2", alpha=a.alpha, size=a.size,
-                              weights=a.weights))
-        edgetl_wall = time.time() - t0
-        # "images to trained model": the test-set evaluation and plots come after it
-        edgetl_wall_model = m["timing"]["trained_s"]
-        edgetl_acc = m["test"]["accuracy"]
-        split = Split.load(run / R.SPLIT)
-        tut_wall, tut_acc = tutorial_recipe(split, a.size, a.alpha, a.weights, epochs=a.epochs)
-    res = {"data": a.data, "backbone": f"mobilenet_v2 {a.alpha}@{a.size}", "test_images": len(split["test"]),
-           "edgetl": {"wall_s": round(edgetl_wall_model, 1), "wall_incl_eval_s": round(edgetl_wall, 1),
-                      "test_accuracy": round(edgetl_acc, 4)},
-           "keras_tutorial": {"epochs": a.epochs, "wall_s": round(tut_wall, 1), "test_accuracy": round(tut_acc, 4)},
-           "speedup": round(tut_wall / edgetl_wall_model, 2)}
-    print(f"edgetl frozen:    {res['edgetl']['wall_s']:7.1f} s  test accuracy {edgetl_acc:.4f}")
-    print(f"Keras tutorial:   {res['keras_tutorial']['wall_s']:7.1f} s  test accuracy {tut_acc:.4f}  ({a.epochs} epochs)")
-    print(f"speed-up {res['speedup']:.2f}x; accuracy {'>=' if edgetl_acc >= tut_acc else '<'} tutorial")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0 if (res["speedup"] >= 4 and edgetl_acc >= tut_acc) else 1
+        os.environ["EDGETL_CACHE"] = str(Path(tmp) / "cache")    # the LiteRT row pays for its conversion
+        for name, engine in ((FIRST, "litert"), (CACHED, "litert"), ("edgetl --features keras", "keras")):
+            res["rows"][name] = edgetl_row(a.data, Path(tmp) / name.replace(" ", "_"), a.backbone, a.alpha,
+                                           a.weights, engine)
+            print(f"{name}: {res['rows'][name]}", flush=True)
+        split = Split.load(Path(tmp) / FIRST.replace(" ", "_") / R.SPLIT)
+        wall, acc = tutorial_recipe(split, a.backbone, 224 if a.size is None else a.size, a.alpha, a.weights,
+                                    epochs=a.epochs)
+    res["rows"]["keras tutorial recipe"] = {"epochs": a.epochs, "wall_s": round(wall, 1), "test_accuracy": round(acc, 4)}
+    res["test_images"] = len(split["test"])
+    for name, row in res["rows"].items():
+        row["speedup_vs_recipe"] = round(wall / row["wall_s"], 2)
+        print(f"{name:60s} {row['wall_s']:7.1f} s  test accuracy {row['test_accuracy']:.4f}  "
+              f"{row['speedup_vs_recipe']:.2f}x", flush=True)
+    out = Path(a.out or RESULTS / f"train_speed_{a.backbone}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    lite = res["rows"][CACHED]
+    return 0 if lite["test_accuracy"] >= res["rows"]["keras tutorial recipe"]["test_accuracy"] else 1
+
+
+# ------------------------------------------------------------------------- scale
+def one(a) -> int:
+    """(internal) Train one folder in this process and print its timing and peak RSS as JSON."""
+    t0 = time.time()
+    m = None
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    m = train(TrainConfig(data=a.data, out=a.out, backbone=a.backbone, alpha=a.alpha, size=a.size,
+                          weights=a.weights))
+    print("RESULT " + json.dumps({"wall_s": round(time.time() - t0, 2), "timing": m["timing"],
+                                  "test_accuracy": m["test"]["accuracy"], "engine": m["features"]["name"],
+                                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    return 0
+
+
+def scale(a) -> int:
+    from trainer.data.synthetic import generate
+
+    work = Path(a.work)
+    sizes = [int(s) for s in a.sizes.split(",")]
+    rows = []
+    env = {**os.environ, "EDGETL_CACHE": str(work / "cache")}
+    # the extractor is converted once, before the first timed size
+    for n in sizes:
+        data = work / f"synthetic_{n}"
+        if not data.exists():
+            t = time.time()
+            generate(data, per_class=-(-n // 3), size=a.image_size, seed=n)
+            print(f"generated {n} images in {time.time() - t:.0f}s", flush=True)
+        out = work / f"run_{n}"
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        cmd = [sys.executable, "-m", "benchmarks.train_speed", "one", "--data", str(data), "--out", str(out),
+               "--backbone", a.backbone, "--weights", a.weights]
+        cmd += ["--alpha", str(a.alpha)] if a.alpha is not None else []
+        cmd += ["--size", str(a.size)] if a.size is not None else []
+        if not rows:   # warm the extractor cache outside the timed runs
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if p.returncode or line is None:
+            print(p.stderr[-3000:])
+            raise SystemExit(f"scale: the {n}-image run failed")
+        r = json.loads(line[7:])
+        images = 3 * -(-n // 3)
+        row = {"images": images, "seconds": r["wall_s"], "s_per_1000": round(1000 * r["wall_s"] / images, 2),
+               "feature_s_per_1000": round(1000 * r["timing"]["feature_extraction_s"] / images, 2),
+               "head_s": r["timing"]["head_s"], "peak_rss_mb": r["peak_rss_mb"], "engine": r["engine"],
+               "test_accuracy": round(r["test_accuracy"], 4)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+    ref = next((r for r in rows if r["images"] >= 4000), rows[0])
+    for r in rows:
+        r["s_per_1000_vs_4k"] = round(r["s_per_1000"] / ref["s_per_1000"], 3)
+        r["rss_vs_4k"] = round(r["peak_rss_mb"] / ref["peak_rss_mb"], 3)
+    res = {"backbone": a.backbone, "alpha": a.alpha, "size": a.size or "default", "image_size": a.image_size,
+           "weights": a.weights, "rows": rows, "command": " ".join(["python -m benchmarks.train_speed"] + sys.argv[1:])}
+    out = Path(a.out or RESULTS / "train_scale.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.with_suffix(".md").write_text(scale_table(res))
+    scale_plot(res, out.with_suffix(".png"))
+    print(scale_table(res))
+    return 0
+
+
+def scale_table(res: dict) -> str:
+    lines = [f"# Frozen training at scale: {res['backbone']} {res['alpha']}@{res['size']}, synthetic "
+             f"{res['image_size']}px JPEGs", "", f"`{res['command']}`", "",
+             "| images | seconds | s / 1,000 images | vs 4k | feature s / 1,000 | head s | peak RSS MB | vs 4k |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['images']:,} | {r['seconds']:.1f} | {r['s_per_1000']:.2f} | {r['s_per_1000_vs_4k']:.2f} | "
+                     f"{r['feature_s_per_1000']:.2f} | {r['head_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_vs_4k']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def scale_plot(res: dict, path: Path) -> None:
+    from trainer.plots import _plt, _save
+
+    plt = _plt()
+    n = [r["images"] for r in res["rows"]]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(n, [r["s_per_1000"] for r in res["rows"]], "o-", label="total")
+    ax[0].plot(n, [r["feature_s_per_1000"] for r in res["rows"]], "s--", label="features")
+    ax[0].set(xscale="log", xlabel="images", ylabel="seconds per 1,000 images", ylim=(0, None),
+              title="time per image")
+    ax[0].legend()
+    ax[1].plot(n, [r["peak_rss_mb"] for r in res["rows"]], "o-")
+    ax[1].set(xscale="log", xlabel="images", ylabel="peak RSS (MB)", ylim=(0, None), title="peak memory")
+    fig.suptitle(f"edgetl train (frozen), {res['backbone']} {res['alpha']}@{res['size']}")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    for name in ("speed", "scale", "one"):
+        p = sub.add_parser(name)
+        p.add_argument("--backbone", default="mobilenet_v2")
+        p.add_argument("--weights", default="imagenet", help="imagenet or a weights file (.h5)")
+        p.add_argument("--alpha", type=float, default=None)
+        p.add_argument("--size", type=int, default=None)
+        p.add_argument("--out", default=None)
+    sp = sub.choices["speed"]
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--epochs", type=int, default=6, help="tutorial epochs")
+    sc = sub.choices["scale"]
+    sc.add_argument("--sizes", default="1000,4000,16000,64000")
+    sc.add_argument("--image-size", type=int, default=64, help="side of the synthetic JPEGs")
+    sc.add_argument("--work", required=True, help="folder for the synthetic data (kept between runs)")
+    sub.choices["one"].add_argument("--data", required=True)
+    a = ap.parse_args(argv)
+    return {"speed": speed, "scale": scale, "one": one}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ if not ASSETS.is_dir():
 
 # Tests never wait on the network: TF Hub / TFDS / Keras downloads must fail fast and clearly.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Converted feature extractors (trainer.features) go to a cache of this test session, shared by
+# its subprocesses, never the user's ~/.cache.
+if "EDGETL_CACHE" not in os.environ:
+    import tempfile
+    os.environ["EDGETL_CACHE"] = tempfile.mkdtemp(prefix="edgetl-test-cache-")
 
 
 def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:

@@ -34,6 +34,9 @@ class TrainConfig:
                                      "On a 640x480 frame reduce-nearest costs about a third of bilinear, nearest "
                                      "a tenth.", choices=RESIZE_METHODS)
     # phase 1: head on cached features
+    features: str = opt("auto", "Engine for the frozen backbone's features. auto: LiteRT/XNNPACK on a CPU (the "
+                                "backbone converted once and cached, checked against Keras), Keras on a GPU.",
+                        choices=("auto", "keras", "litert"))
     head_solver: str = opt("lbfgs", "lbfgs: solve the head exactly, L2 chosen on held-out data, then refit on "
                                     "train+val. sgd: Adam epochs with dropout and label smoothing (--epochs, "
                                     "--lr, --dropout, --l2).", choices=("lbfgs", "sgd"))

@@ -56,10 +56,13 @@ def data_name(data: str) -> str:
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
-                 plots: bool = True, batch_size: int = 32, track: str | None = None, hw=None) -> dict:
+                 plots: bool = True, batch_size: int = 32, track: str | None = None, hw=None,
+                 probs: np.ndarray | None = None) -> dict:
     """Score the run on its test split (or ``data``), update RUN/metrics.json and the plots.
     ``track``: an MLflow URI; the metrics are added to the run's MLflow run (`train` passes
-    nothing here: it logs its own). ``hw``: where ``model`` was placed (`train` passes it)."""
+    nothing here: it logs its own). ``hw``: where ``model`` was placed (`train` passes it).
+    ``probs``: the model's scores on the test split when the caller already has them (a frozen
+    model's follow from its cached test features), so the images are not run a second time."""
     run = Path(run)
     tracker = None
     if track is not None:
@@ -69,7 +72,8 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     size = int(model.inputs[0].shape[1])
     method = R.read_resize(run)
     paths, y, classes = eval_items(run, data)
-    probs = predict_images(model, paths, size, batch_size, method, hw)
+    if probs is None or data is not None:
+        probs = predict_images(model, paths, size, batch_size, method, hw)
     report = classification_report(y, probs, classes, files=paths)
     metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
     key = split_name if data is None else f"data:{data}"

@@ -97,18 +97,62 @@ def _cache_key(cfg: TrainConfig, paths: list[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str, hw=None) -> np.ndarray:
-    """Backbone features of one split, computed once and kept in RUN/cache."""
+def _identity(cfg: TrainConfig, spec) -> dict:
+    return {"backbone": spec.name, "alpha": cfg.alpha, "size": cfg.size, "preprocessing": spec.preprocessing}
+
+
+def _features_file(run: Path, cfg: TrainConfig, split: Split, name: str) -> Path:
+    return run / R.CACHE / f"features_{name}_{_cache_key(cfg, split.paths_labels(name)[0])}.npy"
+
+
+def start_features(run: Path, cfg: TrainConfig, spec, split: Split, hw=None):
+    """(pre-key, Speculation or None): when a previous run left a converted extractor for this
+    backbone and weights, train and val features start on it now, before the Keras model exists."""
+    from .features import speculate
+
+    jobs = [(_features_file(run, cfg, split, s), split.paths_labels(s)[0], f"features[{s}]") for s in ("train", "val")]
+    return speculate(cfg.features, _identity(cfg, spec), cfg.weights, cfg.seed, jobs, cfg.size, cfg.resize, hw)
+
+
+def feature_engine(run: Path, cfg: TrainConfig, spec, parts, split: Split, hw=None, pre=None, speculation=None):
+    """The engine this run's features come from (trainer.features), chosen once and recorded. A
+    started speculation is kept only when the chosen engine is the extractor it ran on."""
+    from .features import CHECK_IMAGES, choose_engine
+
+    sample = split.paths_labels("train")[0][:CHECK_IMAGES]
+    try:
+        engine = choose_engine(run, cfg.features, parts.features, _identity(cfg, spec), sample, cfg.size,
+                               cfg.resize, hw, pre, speculation)
+        if speculation is not None:
+            if engine.name == "litert" and Path(engine.tflite) == speculation.path:
+                speculation.join()
+            else:
+                speculation.discard()
+    except BaseException:
+        if speculation is not None:
+            speculation.discard()
+        raise
+    detail = (f", {engine.checked_images} images within {engine.max_relative_difference:.1e} of Keras, "
+              f"extractor {'cached' if engine.tflite_cached else f'converted in {engine.convert_s:.0f}s'}"
+              if engine.name == "litert" else "")
+    _log(f"features: {engine.name} ({engine.reason}{detail})")
+    return engine
+
+
+def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str, hw=None, engine=None) -> np.ndarray:
+    """Backbone features of one split, computed once into RUN/cache (memory-mapped, read-only)."""
+    from .features import LiteRTExtractor, cores, keras_compute, litert_compute, write_features
+
     paths, _ = split.paths_labels(name)
-    key = _cache_key(cfg, paths)
-    f = run / R.CACHE / f"features_{name}_{key}.npy"
+    f = _features_file(run, cfg, split, name)
     if f.exists():
-        return np.load(f)
+        return np.load(f, mmap_mode="r")
     t = time.time()
-    feats = predict_images(parts.features, paths, cfg.size, cfg.batch_size, cfg.resize, hw,
-                           verbose=0 if not paths else _verbose())
-    with replacing(f) as tmp:
-        np.save(tmp, feats)
+    if engine is not None and engine.name == "litert":
+        compute, workers = litert_compute(LiteRTExtractor(engine.tflite), cfg.size, cfg.resize), cores()
+    else:
+        compute, workers = keras_compute(parts.features, cfg.size, cfg.resize, cfg.batch_size, hw), 1
+    feats = write_features(f, paths, parts.feature_width, compute, workers, label=f"features[{name}]")
     _log(f"features[{name}]: {len(paths)} images in {time.time() - t:.1f}s "
          f"({len(paths) / max(time.time() - t, 1e-9):.0f} img/s)")
     return feats
@@ -257,9 +301,10 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     vbatch = max(replicas, min(cfg.batch_size, len(vpaths) // replicas * replicas)) if even else cfg.batch_size
     train_ds = fit_data(strategy, hw, lambda shard: image_dataset(
         paths, y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True, seed=cfg.seed + start,
-        num_classes=n, drop_remainder=drop, shard=shard))
+        num_classes=n, drop_remainder=drop, shard=shard, spill_dir=run / R.CACHE))
     val_ds = fit_data(strategy, hw, lambda shard: image_dataset(
-        vpaths, vy, cfg.size, vbatch, method=cfg.resize, num_classes=n, drop_remainder=even, shard=shard))
+        vpaths, vy, cfg.size, vbatch, method=cfg.resize, num_classes=n, drop_remainder=even, shard=shard,
+        spill_dir=run / R.CACHE))
     cw = class_weights(y, n, cfg.class_weights)
 
     def save_weights(name: str):
@@ -390,13 +435,24 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
     run_existed = Path(cfg.out).exists()
     run, split = prepare_run(cfg, resume)  # checks the data before anything is written
     n = len(split.classes)
+    pre, speculation = start_features(run, cfg, spec, split, hw)
     try:
         with strategy.scope():
             parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2)
     except BaseException:
+        if speculation is not None:
+            speculation.discard()
         if not resume and not run_existed:  # a bad backbone/weights file leaves nothing behind
             shutil.rmtree(run, ignore_errors=True)
         raise
+    try:
+        return _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation)
+    finally:
+        if speculation is not None:
+            speculation.discard()   # unless the run confirmed and used it: then nothing to do
+
+
+def _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation) -> dict:
     R.write_json(run / R.CONFIG, {"train": cfg.to_dict(), "backbone": {
         "name": spec.name, "family": spec.family, "size": cfg.size, "alpha": cfg.alpha,
         "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
@@ -410,7 +466,7 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
         "data_fingerprint": (split.fingerprints or {}).get("data"), "data": cfg.data})
     tracker.params(flatten(R.read_json(run / R.CONFIG)))
     try:
-        metrics = _run_phases(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker)
+        metrics = _run_phases(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation)
     except BaseException:
         tracker.end(ok=False)
         raise
@@ -419,16 +475,17 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
 
 
 def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, hw, resume: bool,
-                t0: float, tracker) -> dict:
+                t0: float, tracker, pre=None, speculation=None) -> dict:
     """Features, head, fine-tuning, evaluation: everything that fills an already prepared run."""
     n = len(split.classes)
     _log(f"{spec.name} alpha {cfg.alpha} @ {cfg.size}px, weights {cfg.weights}, {n} classes, "
          + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test")))
 
     t_feat = time.time()
+    engine = feature_engine(run, cfg, spec, parts, split, hw, pre, speculation)
     F, Y = {}, {}
     for s in ("train", "val"):
-        F[s] = cached_features(run, cfg, parts, split, s, hw)
+        F[s] = cached_features(run, cfg, parts, split, s, hw, engine)
         Y[s] = split.paths_labels(s)[1]
     t_feat = time.time() - t_feat
     t_head = time.time()
@@ -452,7 +509,15 @@ def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy
     from .evaluate import evaluate_run
     from .plots import plot_history
     plot_history(history, run / R.PLOTS / "history.png")
-    metrics = evaluate_run(run, model=parts.model, hw=hw)
+    test_probs = None
+    if not cfg.fine_tune:   # the frozen model's test scores follow from test features: no second pass
+        from edge_runtime.classifier import softmax
+        t_test = time.time()
+        W, b = parts.head.get_layer("logits").get_weights()
+        test_probs = softmax(np.asarray(cached_features(run, cfg, parts, split, "test", hw, engine), np.float64) @ W + b)
+        t_feat += time.time() - t_test
+    metrics = evaluate_run(run, model=parts.model, hw=hw, probs=test_probs)
+    metrics["features"] = engine.to_dict()
     t = metrics["test"]
     if "selection" in history["head"]:
         metrics["head"] = history["head"]["selection"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge_runtime.image import RESIZE_METHOD, load_image
 
-CACHE_LIMIT_BYTES = 3e9   # decoded-image cache only below this (uint8 pixels of one split)
+CACHE_LIMIT_BYTES = 3e9   # decoded images of one split kept in RAM up to this; above it, on disk
 
 
 def loader_workers() -> int:
@@ -36,11 +36,13 @@ def _batches_class():
         each epoch from ``seed``. ``num_classes``: one-hot float32 labels; ``shard``: (index,
         count) keeps this process's share of every global batch (multi-worker training);
         ``pad_multiple``: the last batch repeats its last image up to a multiple of this (batches
-        split over several devices must divide evenly; callers drop the padded outputs)."""
+        split over several devices must divide evenly; callers drop the padded outputs);
+        ``spill_dir``: the decoded-image cache lives in a memory-mapped file there when it would
+        take more than CACHE_LIMIT_BYTES of RAM."""
 
         def __init__(self, paths, labels=None, size=224, batch_size=32, shuffle=False, seed=0,
                      method=RESIZE_METHOD, cache=False, num_classes=None, drop_remainder=False,
-                     shard=(0, 1), workers=None, pad_multiple=1):
+                     shard=(0, 1), workers=None, pad_multiple=1, spill_dir=None):
             workers = workers or loader_workers()
             super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
             self.paths = [str(p) for p in paths]
@@ -50,7 +52,7 @@ def _batches_class():
             self.num_classes, self.drop_remainder, self.shard = num_classes, drop_remainder, shard
             self.pad_multiple = pad_multiple
             n = len(self.paths)
-            self._cache = np.empty((n, size, size, 3), np.uint8) if cache else None
+            self._cache = _image_cache((n, size, size, 3), spill_dir) if cache else None
             self._cached = np.zeros(n, bool)
             self._lock = threading.Lock()
             self._order = self._make_order()
@@ -106,16 +108,31 @@ def _batches_class():
     return ImageBatches
 
 
+def _image_cache(shape: tuple, spill_dir=None) -> np.ndarray:
+    """uint8 storage for decoded images: RAM up to CACHE_LIMIT_BYTES, else (with ``spill_dir``) a
+    memory-mapped file there that is unlinked at once, so it disappears with the process even
+    when the process is killed; the kernel pages it out instead of the process running out."""
+    nbytes = int(np.prod(shape))
+    if nbytes <= CACHE_LIMIT_BYTES or spill_dir is None:
+        return np.empty(shape, np.uint8)
+    import tempfile
+    os.makedirs(spill_dir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=spill_dir, prefix="images-", suffix=".u8") as f:
+        f.truncate(nbytes)
+        return np.memmap(f, np.uint8, mode="r+", shape=shape)
+
+
 def image_dataset(paths, labels=None, size: int = 224, batch_size: int = 32, shuffle: bool = False,
                   seed: int = 0, method: str = RESIZE_METHOD, cache: bool | None = None,
                   num_classes: int | None = None, drop_remainder: bool = False, shard=(0, 1), workers=None,
-                  pad_multiple: int = 1):
-    """Batches for `model.fit` / `model.predict`. ``cache=None``: keep decoded images in memory
-    when they fit under CACHE_LIMIT_BYTES."""
+                  pad_multiple: int = 1, spill_dir=None):
+    """Batches for `model.fit` / `model.predict`. ``cache=None``: keep decoded images, in memory
+    when they fit under CACHE_LIMIT_BYTES, else memory-mapped in ``spill_dir`` (without one,
+    over the limit, nothing is kept)."""
     if cache is None:
-        cache = len(paths) * size * size * 3 < CACHE_LIMIT_BYTES
+        cache = spill_dir is not None or len(paths) * size * size * 3 <= CACHE_LIMIT_BYTES
     return _batches_class()(paths, labels, size, batch_size, shuffle, seed, method, cache, num_classes,
-                            drop_remainder, shard, workers, pad_multiple)
+                            drop_remainder, shard, workers, pad_multiple, spill_dir)
 
 
 def predict_images(model, paths, size: int, batch_size: int = 32, method: str = RESIZE_METHOD,
