@@ -372,7 +372,16 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
     if run.exists() and any(run.iterdir()):
         raise UserError(f"{run}: run directory exists and is not empty; choose a new --out, or use "
                         f"`edgetl train --resume {run}` to continue it")
-    ds = load_dataset(cfg.data)
+    from edge_runtime.log import Progress
+
+    scan = {}
+
+    def progress(done, total):   # decode check + perceptual hash of every file
+        bar = scan.setdefault("bar", Progress("checking images", total, unit="img"))
+        bar.add(done - bar.done)
+        if done == total:
+            bar.finish()
+    ds = load_dataset(cfg.data, progress=progress)
     for b in ds.bad:
         _log(f"skipped {b.rel}: {b.error}")
     if ds.bad:
