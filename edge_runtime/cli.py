@@ -26,8 +26,11 @@ from .serve.client import ServerUnreachable
 @click.option("--threads", type=int, help="Interpreter threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--no-verify", is_flag=True, help="Skip the artifact's sha256 check against the manifest.")
-@click.option("--video", type=click.Path(), help="Classify every frame of a video file.")
-@click.option("--camera", help="Live camera: an OpenCV index (0, 1, ...) or 'picamera'.")
+@click.option("--video", help="Classify every frame of a video file (a URL is read as a live network camera).")
+@click.option("--camera", help="Live camera: an OpenCV index (0, 1, ...), 'picamera', or a network camera's URL "
+                                "(rtsp://..., http://.../stream.mjpg).")
+@click.option("--reconnect-for", type=float, default=300.0, show_default=True,
+              help="A live camera that drops is reopened with backoff for up to this many seconds.")
 @click.option("--max-frames", type=int, help="Stop a video/camera stream after N frames.")
 @click.option("--draft/--no-draft", default=None,
               help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
@@ -37,7 +40,7 @@ from .serve.client import ServerUnreachable
                                               "is an image); prints what a local run prints.")
 @click.option("--api-key", envvar="EDGE_SERVE_API_KEY", show_envvar=True, help="The server's API key.")
 def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify,
-        video, camera, max_frames, draft, benchmark, runs, server, api_key):
+        video, camera, reconnect_for, max_frames, draft, benchmark, runs, server, api_key):
     """Classify IMAGES with the model in DEPLOY (the converter's folder, or a .tflite file).
 
     \b
@@ -45,6 +48,7 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
     edge-predict DEPLOY --dir photos/           every image under a folder
     edge-predict DEPLOY --video clip.mp4        every frame of a video
     edge-predict DEPLOY --camera 0              live camera (Ctrl-C stops, prints a summary)
+    edge-predict DEPLOY --camera rtsp://cam.local/stream   network camera, reconnects when it drops
     edge-predict DEPLOY --eval RUN/split/test.tsv   accuracy on labelled photos
     edge-predict DEPLOY --benchmark --json      latency on this device
     """
@@ -75,7 +79,7 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         if eval_src:
             sys.exit(_eval(clf, Path(eval_src), data_root, as_json))
         if video or camera is not None:
-            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json))
+            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for))
         files = [Path(p) for p in images]
         if folder:
             files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
@@ -143,11 +147,14 @@ def _remote(url, api_key, paths, folder, top_k, threshold, as_json) -> int:
     return _classify_files(files, remote, threshold, as_json)
 
 
-def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:
-    from .stream import camera_frames, run_stream, video_frames
+def _stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for=300.0) -> int:
+    from .stream import camera_frames, is_stream_url, run_stream, video_frames
 
-    frames = video_frames(video) if video else camera_frames(camera)
-    live = video is None
+    if reconnect_for < 0:
+        raise UserError(f"--reconnect-for {reconnect_for}: give 0 or more seconds")
+    live = video is None or is_stream_url(video)
+    draft = clf.size if clf.draft else None    # MJPEG frames decode like the same JPEG from a file
+    frames = camera_frames(camera if video is None else video, reconnect_for, draft) if live else video_frames(video)
 
     def show(n, top, ms):
         top = [(l, s) for l, s in top if s >= threshold]
@@ -161,8 +168,9 @@ def _stream(clf, video, camera, max_frames, top_k, threshold, as_json) -> int:
     if as_json:
         click.echo(json.dumps({"summary": s}))
     else:
+        live_part = f"; {s['dropped']} stale frames skipped, {s['reconnects']} reconnects" if live else ""
         click.echo(f"{s['frames']} frames in {s['seconds']:.1f}s, {s['fps']:.1f} fps; invoke latency median "
-                   f"{s['latency_ms']['median']:.1f} ms, p90 {s['latency_ms']['p90']:.1f} ms", err=True)
+                   f"{s['latency_ms']['median']:.1f} ms, p90 {s['latency_ms']['p90']:.1f} ms{live_part}", err=True)
     return 0
 
 
