@@ -152,7 +152,7 @@ class MjpegReader:
 
     def __init__(self, response, boundary: bytes, draft_size: int | None = None):
         self.response, self.boundary = response, b"--" + boundary.lstrip(b"-")
-        self.draft_size = draft_size
+        self.draft_size, self._at_part, self._ended = draft_size, False, False
 
     @classmethod
     def open(cls, url: str, draft_size: int | None = None) -> "MjpegReader | _Closed | None":
@@ -178,16 +178,25 @@ class MjpegReader:
     def isOpened(self) -> bool:
         return True
 
+    def _until_boundary(self) -> bytes | None:
+        """The bytes before the next boundary line (which is consumed); None at the stream's end."""
+        chunks = []
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            if line.strip() in (self.boundary, self.boundary + b"--"):
+                self._ended = line.strip() != self.boundary     # the closing boundary
+                return b"".join(chunks)
+            chunks.append(line)
+
     def read(self):
         from .image import ImageError, open_image
 
         try:
-            while True:
-                line = self.response.readline()
-                if not line:
-                    return False, None
-                if line.strip() == self.boundary:
-                    break
+            if self._ended or (not self._at_part and (self._until_boundary() is None or self._ended)):
+                return False, None
+            self._at_part = False
             length = None
             while True:
                 header = self.response.readline()
@@ -199,14 +208,10 @@ class MjpegReader:
                 if name.strip().lower() == "content-length":
                     length = int(value.strip())
             if length is None:   # no length given: the part ends at the next boundary
-                data = b""
-                while True:
-                    line = self.response.readline()
-                    if not line:
-                        return False, None
-                    if line.strip() == self.boundary:
-                        break
-                    data += line
+                data = self._until_boundary()
+                if data is None:
+                    return False, None
+                self._at_part = True
                 data = data[:-2] if data.endswith(b"\r\n") else data
             else:
                 data = self.response.read(length)

@@ -33,6 +33,13 @@ def frame_jpeg(tmp_path):
     return path
 
 
+def _watch(deployed, port: int, *options) -> subprocess.Popen:
+    """edge-predict on the loopback camera, running beside the test."""
+    return subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", str(deployed), "--camera",
+                             f"http://127.0.0.1:{port}/stream.mjpg", "--json", *options],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _frames(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith('{"frame"')]
 
@@ -78,9 +85,7 @@ def test_a_url_given_to_video_is_read_as_a_live_stream(deployed, frame_jpeg):
 def test_a_dropped_stream_is_reopened_and_counted(deployed, frame_jpeg):
     port = _free_port()
     server = _serve(port, frame_jpeg)
-    client = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", str(deployed), "--camera",
-                               f"http://127.0.0.1:{port}/stream.mjpg", "--max-frames", "80", "--json"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = _watch(deployed, port, "--max-frames", "80")
     try:
         time.sleep(1.5)                       # frames flowing
         assert client.poll() is None
@@ -108,9 +113,7 @@ def test_a_network_camera_that_is_not_there_is_one_line_and_exit_2(deployed):
 def test_a_stream_that_stays_down_ends_after_reconnect_for(deployed, frame_jpeg):
     port = _free_port()
     server = _serve(port, frame_jpeg)
-    client = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", str(deployed), "--camera",
-                               f"http://127.0.0.1:{port}/stream.mjpg", "--reconnect-for", "2", "--json"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = _watch(deployed, port, "--reconnect-for", "2")
     try:
         time.sleep(1.5)
         server.kill()
@@ -120,3 +123,25 @@ def test_a_stream_that_stays_down_ends_after_reconnect_for(deployed, frame_jpeg)
         client.kill()
     assert client.returncode == 2
     assert "no frames for 2s after the stream dropped" in err
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+def test_mjpeg_parts_are_read_with_or_without_content_length(tmp_path, with_length):
+    import io
+
+    from edge_runtime.image import open_image
+    from edge_runtime.stream import MjpegReader
+
+    jpegs = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        buf = io.BytesIO()
+        Image.new("RGB", (48, 32), colour).save(buf, "JPEG")
+        jpegs.append(buf.getvalue())
+    body = b"".join(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                    + (b"Content-Length: %d\r\n" % len(j) if with_length else b"") + b"\r\n" + j + b"\r\n"
+                    for j in jpegs) + b"--frame--\r\n"
+    reader = MjpegReader(io.BytesIO(body), b"frame")
+    for j in jpegs:
+        ok, frame = reader.read()
+        assert ok and np.array_equal(frame, np.asarray(open_image(j)))
+    assert reader.read() == (False, None)
