@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import FLOWERS, ROOT, WEIGHTS, copy_subset, run_cli
+from tests.conftest import FLOWERS, ROOT, WEIGHTS, run_cli
 from trainer import rundir as R
 from trainer import features as FE
 

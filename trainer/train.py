@@ -27,7 +27,7 @@ from .backbones import get_backbone
 from .compare import flatten
 from .config import TrainConfig
 from .data import load_dataset, make_split
-from .data.pipeline import augmenter, image_dataset, predict_images, training_model
+from .data.pipeline import augmenter, image_dataset, training_model
 from .data.split import Split
 
 
