@@ -253,7 +253,7 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
     check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
     clf.resize_method, clf.probabilities = method, True
     y, n = ref.test_y, len(ref.test_y)
-    pred = clf.top1(ref.x_test)
+    pred = clf.top1(ref.x_test, label=f"verifying {prec}")
     acc = float((pred == y).mean()) if n else 0.0
     pred_d = pred.copy()
     if len(ref.draft_changed):

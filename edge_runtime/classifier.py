@@ -107,9 +107,20 @@ class Classifier:
     def predict(self, image: ImageInput, draft: bool | None = None) -> np.ndarray:
         return self.invoke(self.preprocess(image, draft))
 
-    def top1(self, images) -> np.ndarray:
-        """Index of the top class for each image (no draft decoding): what verification compares."""
-        return np.array([int(self.invoke(self.preprocess(im, draft=False)).argmax()) for im in images], np.int64)
+    def top1(self, images, label: str | None = None) -> np.ndarray:
+        """Index of the top class for each image (no draft decoding): what verification compares.
+        ``label``: show progress under that name."""
+        from .log import Progress
+
+        bar = Progress(label, len(images), unit="img") if label else None
+        out = np.empty(len(images), np.int64)
+        for k, im in enumerate(images):
+            out[k] = int(self.invoke(self.preprocess(im, draft=False)).argmax())
+            if bar:
+                bar.add()
+        if bar:
+            bar.finish()
+        return out
 
     @staticmethod
     def check_top_k_threshold(top_k: int, threshold: float, names=("top_k", "threshold")) -> None:

@@ -201,8 +201,12 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
     unknown = sorted({c for _, c in items} - set(index))
     if unknown:
         raise UserError(f"{src}: classes {unknown} are not among the model's labels")
+    from .log import Progress
+
     correct, scored, bad = 0, 0, 0
+    bar = Progress("eval", len(items), unit="img")
     for p, c in items:
+        bar.add()
         try:
             top = clf.predict(p, draft=False).argmax()   # full decode, as the converter verified
         except UserError as e:
@@ -211,6 +215,7 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
             continue
         correct += int(top == index[c])
         scored += 1
+    bar.finish()
     if not scored:
         raise UserError(f"{src}: none of its {len(items)} photos could be read")
     acc = correct / scored

@@ -203,3 +203,14 @@ def test_progress_lines_give_rate_and_eta():
     p.done = 500
     line = p.line()
     assert line.startswith("features[train]: 500/1000 img (") and "img/s" in line and "ETA" in line
+
+
+def test_progress_reaches_a_log_that_is_not_a_terminal(capsys):
+    from edge_runtime.log import Progress
+    p = Progress("calibrating", 3, unit="img", every=0.0)
+    p.add()
+    p.add()
+    p.add()                     # the last step is not repeated: the step's own summary line follows
+    p.finish()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["calibrating: 1/3 img (" + err[0].split("(", 1)[1], "calibrating: 2/3 img (" + err[1].split("(", 1)[1]]

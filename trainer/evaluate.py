@@ -73,7 +73,8 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     method = R.read_resize(run)
     paths, y, classes = eval_items(run, data)
     if probs is None or data is not None:
-        probs = predict_images(model, paths, size, batch_size, method, hw)
+        import sys
+        probs = predict_images(model, paths, size, batch_size, method, hw, verbose=1 if sys.stderr.isatty() else 0)
     report = classification_report(y, probs, classes, files=paths)
     metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
     key = split_name if data is None else f"data:{data}"
