@@ -35,15 +35,13 @@ from edge_runtime.errors import UserError
 from edge_runtime.image import load_image
 from edge_runtime.log import Progress, log
 
+from .data.pipeline import cores
+
 ENGINES = ("auto", "keras", "litert")
 TOLERANCE = 1e-4          # max relative difference LiteRT may have from Keras on the check sample
 CHECK_IMAGES = 16         # training images both engines compute before a run trusts LiteRT
 CHUNK = 256               # images per chunk written (and per resume step)
 ENGINE_FILE = "features_engine.json"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cache_dir() -> Path:
@@ -281,11 +279,7 @@ class Speculation:
     def _run(self):
         try:
             for dest, paths, label in self.jobs:
-                t = time.time()
-                if not dest.exists():
-                    write_features(dest, paths, self._width, self._compute, cores(), label=label)
-                    log(f"{label}: {len(paths)} images in {time.time() - t:.1f}s "
-                        f"({len(paths) / max(time.time() - t, 1e-9):.0f} img/s)")
+                write_features(dest, paths, self._width, self._compute, cores(), label=label)
         except _Cancelled:
             pass
         except BaseException as e:  # reported by join()
@@ -362,6 +356,7 @@ def write_features(dest: Path, paths: list[str], width: int, compute: Callable[[
     if done:
         log(f"{label}: resuming, {images_done}/{n} images already computed")
     todo = [s for s in starts if s not in done]
+    t0 = time.time()
     lock = threading.Lock()
     progress = Progress(label, n, done=images_done, unit="img")
     fd = os.open(partial, os.O_RDWR)
@@ -404,6 +399,8 @@ def write_features(dest: Path, paths: list[str], width: int, compute: Callable[[
     os.replace(partial, dest)
     done_file.unlink(missing_ok=True)
     progress.finish()
+    secs = time.time() - t0
+    log(f"{label}: {n} images in {secs:.1f}s ({(n - images_done) / max(secs, 1e-9):.0f} img/s)")
     return np.load(dest, mmap_mode="r")
 
 

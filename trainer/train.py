@@ -147,15 +147,11 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str,
     f = _features_file(run, cfg, split, name)
     if f.exists():
         return np.load(f, mmap_mode="r")
-    t = time.time()
     if engine is not None and engine.name == "litert":
         compute, workers = litert_compute(LiteRTExtractor(engine.tflite), cfg.size, cfg.resize), cores()
     else:
         compute, workers = keras_compute(parts.features, cfg.size, cfg.resize, cfg.batch_size, hw), 1
-    feats = write_features(f, paths, parts.feature_width, compute, workers, label=f"features[{name}]")
-    _log(f"features[{name}]: {len(paths)} images in {time.time() - t:.1f}s "
-         f"({len(paths) / max(time.time() - t, 1e-9):.0f} img/s)")
-    return feats
+    return write_features(f, paths, parts.feature_width, compute, workers, label=f"features[{name}]")
 
 
 # ------------------------------------------------------------------------- phase 1

@@ -20,9 +20,14 @@ from edge_runtime.image import RESIZE_METHOD, load_image
 CACHE_LIMIT_BYTES = 3e9   # decoded images of one split kept in RAM up to this; above it, on disk
 
 
+def cores() -> int:
+    """Cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def loader_workers() -> int:
     """Threads decoding batches: every core, at least two (one decodes while one waits)."""
-    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2))
+    return max(2, cores())
 
 
 @functools.cache
