@@ -8,13 +8,15 @@ Presets are JSON files in ``benchmarks/presets/``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edge_runtime.atomic import write_json
 from edge_runtime.errors import UserError
 from edge_runtime.log import log as _log
 
@@ -88,33 +90,88 @@ def load_preset(name_or_path: str) -> BenchConfig:
 
 
 
-def stratified_subset(data: str, out: Path, per_class: int, seed: int) -> Path:
-    """``per_class`` random photos of each class of DATA, linked into ``out`` (same seed, same set)."""
-    from trainer.data import load_dataset
+def data_fingerprint(data: str) -> str:
+    """Which photos DATA holds, cheaply (no decoding): every image's path, class, given split,
+    size and mtime. Two bench runs may share a trained row only when this matches."""
+    if data.startswith("tfds:"):
+        return data
+    from trainer.data.scan import discover
 
-    if (out / ".complete").exists():
-        return out
+    root = Path(data)
+    records, _, _, _ = discover(root)
+    h = hashlib.sha256()
+    for r in records:
+        st = (root / r.rel).stat()
+        h.update(f"{r.rel}\t{r.label}\t{r.given_split}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _remove_own_folder(folder: Path, what: str) -> None:
+    """Remove a folder the bench made (links and its own marker files only); anything else in it
+    is the user's, so refuse instead of deleting it."""
+    if not folder.exists():
+        return
+    foreign = [p for p in folder.rglob("*") if not (p.is_symlink() or p.is_dir() or p.name == ".complete")]
+    if foreign:
+        raise UserError(f"{folder}: holds files the bench did not make (e.g. {foreign[0].name}); "
+                        f"choose another --out for {what}")
+    shutil.rmtree(folder)
+
+
+def stratified_subset(data: str, out: Path, per_class: int, seed: int) -> Path:
+    """``per_class`` random photos of each class of DATA, linked into ``out`` (same seed, same set).
+    Reused only when the marker says it was made from the same photos, count and seed."""
+    from trainer.data import load_dataset
+    from trainer.data.sampling import stratified_sample
+
+    want = {"source": str(Path(data).resolve()), "source_fingerprint": data_fingerprint(data),
+            "per_class": per_class, "seed": seed}
+    marker = out / ".complete"
+    try:
+        if json.loads(marker.read_text()) == want:
+            return out
+    except (OSError, ValueError):
+        pass
+    if out.exists():
+        _log(f"{out}: made from other photos or settings; linking it again")
+        _remove_own_folder(out, "the data subset")
     ds = load_dataset(data)
-    rng = random.Random(seed)
-    by_class: dict[str, list[Path]] = {}
-    for rec in ds.images:
-        by_class.setdefault(rec.label, []).append(ds.root / rec.rel)
-    for label, paths in sorted(by_class.items()):
-        chosen = sorted(paths)
-        rng.shuffle(chosen)
-        (out / label).mkdir(parents=True, exist_ok=True)
-        for p in chosen[:per_class]:
-            dst = out / label / p.relative_to(ds.root).as_posix().replace("/", "__")
-            if not dst.exists():
-                os.symlink(p.resolve(), dst)
-    (out / ".complete").write_text("")
+    records = sorted(ds.images, key=lambda r: r.rel)
+    chosen, _ = stratified_sample(records, [ds.classes.index(r.label) for r in records], seed=seed,
+                                  per_class=per_class)
+    for rec in chosen:
+        (out / rec.label).mkdir(parents=True, exist_ok=True)
+        os.symlink((ds.root / rec.rel).resolve(), out / rec.label / rec.rel.replace("/", "__"))
+    write_json(marker, want)
     return out
 
 
-def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | None = None) -> tuple[Path, str]:
-    """The row's trained run and where its weights came from."""
-    from trainer.backbones import BackboneError
+def _row_config(row: Row, cfg: BenchConfig, data: str, run: Path):
     from trainer.config import TrainConfig
+
+    return TrainConfig(data=data, out=str(run), backbone=row.backbone, alpha=row.alpha, size=row.size,
+                       weights=row.weights, seed=cfg.seed, fractions=cfg.fractions, epochs=cfg.head_epochs)
+
+
+def _stamp(tc, data: str) -> dict:
+    """What a row's run was trained from: the photos (by fingerprint) and every training setting."""
+    train = {k: v for k, v in tc.to_dict().items() if k != "out"}
+    return json.loads(json.dumps({"data_fingerprint": data_fingerprint(data), "train": train}))
+
+
+def _differences(have: dict, want: dict) -> list[str]:
+    if not have:
+        return ["no record of what it was trained from"]
+    out = ["data"] if have.get("data_fingerprint") != want["data_fingerprint"] else []
+    old, new = have.get("train", {}), want["train"]
+    return out + sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | None = None) -> tuple[Path, str]:
+    """The row's trained run and where its weights came from. A run this bench trained before is
+    reused only when its stamp (data fingerprint + training settings) matches; an interrupted
+    one with a matching stamp is resumed; otherwise it is trained again."""
+    from trainer.backbones import BackboneError
     from trainer.train import train
 
     def weights_of(run: Path) -> str:
@@ -122,13 +179,28 @@ def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | No
         return "random init" if w == "none" else w
     if row.run:
         return Path(row.run), weights_of(Path(row.run))
-    run = out / "runs" / row.name
-    if (run / "metrics.json").exists():
-        return run, weights_of(run)
     if row.subset_per_class:
         data = str(stratified_subset(data, out / f"data-{row.subset_per_class}", row.subset_per_class, cfg.seed))
-    tc = TrainConfig(data=data, out=str(run), backbone=row.backbone, alpha=row.alpha, size=row.size,
-                     weights=row.weights, seed=cfg.seed, fractions=cfg.fractions, epochs=cfg.head_epochs)
+    run = out / "runs" / row.name
+    stamp_file = out / "runs" / f"{row.name}.stamp.json"
+    tc = _row_config(row, cfg, data, run)
+    want = _stamp(tc, data)
+    try:
+        have = json.loads(stamp_file.read_text())
+    except (OSError, ValueError):
+        have = {}
+    same = have == want
+    if same and (run / "metrics.json").exists():
+        return run, weights_of(run)
+    if same and (run / "config.json").exists():
+        _log(f"{row.name}: resuming the interrupted run {run}")
+        train(tc, resume=True, track=track)
+        return run, weights_of(run)
+    if run.exists():
+        why = ", ".join(_differences(have, want)) or "stopped before it saved its settings"
+        _log(f"{row.name}: {run} was trained from other inputs ({why}); training it again")
+        shutil.rmtree(run)
+    write_json(stamp_file, want)
     try:
         train(tc, track=track)
         weights = row.weights
@@ -158,12 +230,10 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
               track: str | None = None) -> dict:
     """Train/convert/verify/time every row; writes the report files into ``out``. ``track``: an
     MLflow URI (default $MLFLOW_TRACKING_URI): each row's train and convert, and the report."""
+    from edge_runtime.benchmark import machine_info
     from trainer.tracking import Tracker
 
     tracker = Tracker(track, explicit=track is not None)
-    from converter.convert import convert
-    from edge_runtime import Classifier
-    from edge_runtime.benchmark import machine_info, time_artifact
 
     from .report import write_report
 
@@ -182,57 +252,67 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
                 row.run = r
     cores = os.cpu_count() or 1
     threads = cfg.threads or sorted({1, cores})
-    results, t_start = [], time.time()
-    for i, row in enumerate(cfg.rows, 1):
-        _log(f"[{i}/{len(cfg.rows)}] {row.name}")
-        base = {"row": row.name, "backbone": row.backbone, "alpha": row.alpha, "latency_only": row.latency_only}
-        try:
-            run, weights = _train_row(row, cfg, data, out, track)
-        except UserError as e:
-            results.append({**base, "precision": "-", "status": f"train failed: {e}"})
-            continue
-        rcfg = json.loads((run / "config.json").read_text())
-        base.update(size=rcfg["backbone"]["size"], alpha=rcfg["backbone"]["alpha"], weights=weights,
-                    run=str(run))
-        deploy = run / "deploy"
-        try:
-            man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
-                          max_drop=100.0, force=True, threads=None, track=track)
-        except UserError as e:
-            results.append({**base, "precision": ",".join(cfg.precisions), "status": f"export failed: {e}"})
-            continue
-        for art in man["artifacts"]:
-            if art["precision"] not in cfg.precisions:
-                continue
-            v = art["verification"]
-            row_out = {**base, "precision": art["precision"], "status": "ok", "file": str(deploy / art["file"]),
-                       "sha256": art["sha256"], "size_mb": round(art["bytes"] / 1e6, 3),
-                       "accuracy": v["accuracy"], "class_avg_accuracy": v.get("class_avg_accuracy"),
-                       "keras_accuracy": v["keras_accuracy"], "drop_points": v["drop_points"],
-                       "agreement": v["agreement"], "test_n": v["n"], "fully_delegated": v["fully_delegated"],
-                       "not_delegated": v["not_delegated"], "float_ops": v["float_ops"],
-                       "ops": v["ops"], "latency": {}}
-            row_out["status"] = gate(row_out, cfg)
-            status = row_out["status"]
-            for n in threads:
-                clf = Classifier(deploy, threads=n, precision=art["precision"])
-                row_out["latency"][str(n)] = time_artifact(clf, cfg.runs, cfg.warmup)
-                del clf
-            results.append(row_out)
-            lat = row_out["latency"][str(threads[-1])]
-            _log(f"    {art['precision']:8s} acc {v['accuracy']:.4f}  raw {lat['raw_ms']['median']:.2f} ms "
-                 f"({threads[-1]} thr)  {status}")
     split_note = (f"{data} ({'stratified subset ' + str(cfg.subset_per_class) + '/class of ' + cfg.data if cfg.subset_per_class else 'full'}), "
                   f"split {'/'.join(str(int(f * 100)) for f in cfg.fractions)} seed {cfg.seed}")
+    t_start = time.time()
     rep = {"kind": "edgetl-bench/1", "preset": cfg.name, "command": command, "config": cfg.to_dict(),
            "machine": machine_info(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "data": split_note, "threads": threads,
            "method": {"runs": cfg.runs, "warmup": cfg.warmup, "frame": "640x480 RGB uint8 (end-to-end)",
                       "process": "one process for all rows"},
-           "seconds": round(time.time() - t_start, 1), "rows": results}
+           "complete": False, "rows_planned": [row.name for row in cfg.rows], "rows": []}
+    for i, row in enumerate(cfg.rows, 1):
+        _log(f"[{i}/{len(cfg.rows)}] {row.name}")
+        rep["rows"] += _bench_row(row, cfg, data, out, threads, track)
+        rep["seconds"] = round(time.time() - t_start, 1)
+        write_report(rep, out)   # after every row: a crash late in a long bench keeps the rows done
+    rep["complete"] = True
     write_report(rep, out)
     _track(tracker, rep, out)
     return rep
+
+
+def _bench_row(row: Row, cfg: BenchConfig, data: str, out: Path, threads: list[int], track) -> list[dict]:
+    """One backbone row: train (or reuse), convert every precision, time each artifact."""
+    from converter.convert import convert
+    from edge_runtime import Classifier
+    from edge_runtime.benchmark import time_artifact
+
+    base = {"row": row.name, "backbone": row.backbone, "alpha": row.alpha, "latency_only": row.latency_only}
+    try:
+        run, weights = _train_row(row, cfg, data, out, track)
+    except UserError as e:
+        return [{**base, "precision": "-", "status": f"train failed: {e}"}]
+    rcfg = json.loads((run / "config.json").read_text())
+    base.update(size=rcfg["backbone"]["size"], alpha=rcfg["backbone"]["alpha"], weights=weights, run=str(run))
+    deploy = run / "deploy"
+    try:
+        man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
+                      max_drop=100.0, force=True, threads=None, track=track)
+    except UserError as e:
+        return [{**base, "precision": ",".join(cfg.precisions), "status": f"export failed: {e}"}]
+    results = []
+    for art in man["artifacts"]:
+        if art["precision"] not in cfg.precisions:
+            continue
+        v = art["verification"]
+        row_out = {**base, "precision": art["precision"], "status": "ok", "file": str(deploy / art["file"]),
+                   "sha256": art["sha256"], "size_mb": round(art["bytes"] / 1e6, 3),
+                   "accuracy": v["accuracy"], "class_avg_accuracy": v.get("class_avg_accuracy"),
+                   "keras_accuracy": v["keras_accuracy"], "drop_points": v["drop_points"],
+                   "agreement": v["agreement"], "test_n": v["n"], "fully_delegated": v["fully_delegated"],
+                   "not_delegated": v["not_delegated"], "float_ops": v["float_ops"],
+                   "ops": v["ops"], "latency": {}}
+        row_out["status"] = gate(row_out, cfg)
+        for n in threads:
+            clf = Classifier(deploy, threads=n, precision=art["precision"])
+            row_out["latency"][str(n)] = time_artifact(clf, cfg.runs, cfg.warmup)
+            del clf
+        results.append(row_out)
+        lat = row_out["latency"][str(threads[-1])]
+        _log(f"    {art['precision']:8s} acc {v['accuracy']:.4f}  raw {lat['raw_ms']['median']:.2f} ms "
+             f"({threads[-1]} thr)  {row_out['status']}")
+    return results
 
 
 def _track(tracker, rep: dict, out: Path) -> None:

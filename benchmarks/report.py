@@ -164,6 +164,10 @@ def markdown(rep: dict, budget_ms: float | None = None) -> str:
     lines = [f"# edgetl bench: {rep.get('preset', '')}", ""]
     if rep.get("command"):
         lines.append(f"- command: `{rep['command']}`")
+    if rep.get("complete") is False:
+        done = list(dict.fromkeys(r["row"] for r in rep["rows"]))
+        lines.append(f"- **partial**: {len(done)} of {len(rep.get('rows_planned', done))} rows finished "
+                     "(the bench stopped, or is still running)")
     lines += [
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['system']} {m['machine']}, Python {m['python']}, "
              f"runtime {m['runtime']} ({', '.join(f'{k} {v}' for k, v in m.get('versions', {}).items())}), "

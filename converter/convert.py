@@ -319,11 +319,12 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             track: str | None = None) -> dict:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
     ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
+    from trainer.data.sampling import stratified_sample
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
     from trainer.tracking import Tracker
 
-    from .calibration import representative_dataset, stratified_sample
+    from .calibration import representative_dataset
     from .metadata import populate
 
     tracker = Tracker(track, explicit=track is not None)

@@ -180,3 +180,87 @@ def test_merge_refuses_two_device_files_of_one_name(bench_out, device_report, tm
                 tmp_path / "b" / "pi5.json", "--out", tmp_path / "merged")
     assert r.returncode == 2 and "two device files are named 'pi5'" in r.stderr
     assert not (tmp_path / "merged").exists()
+
+
+# -- reuse keyed on what a row was trained from; a report that survives a crash -------------------
+
+def _bench_cmd(data, out, reuse):
+    from tests.conftest import WEIGHTS
+    return ["edgetl", "bench", "--data", data, "--backbones", "mobilenet_v2:0.35@96,mobilenet_v2:0.35@64",
+            "--weights", WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5", "--precisions", "fp32",
+            "--reuse", reuse, "--out", out]
+
+
+@pytest.fixture(scope="module")
+def killed_bench(small_run, synth_data, tmp_path_factory):
+    """A two-row bench killed (SIGKILL) while its second row trains, right after the first row's report."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    tmp = tmp_path_factory.mktemp("killed_bench")
+    run = shutil.copytree(small_run, tmp / "run", ignore=shutil.ignore_patterns("deploy"))
+    out = tmp / "report"
+    cmd = _bench_cmd(synth_data, out, run)
+    proc = subprocess.Popen([sys.executable, "-m", "edgetl.cli", *map(str, cmd[1:])], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "report.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    err = proc.communicate()[1]
+    assert (out / "report.json").exists(), err[-3000:]
+    return out, cmd
+
+
+def test_a_killed_bench_keeps_the_rows_it_finished(killed_bench):
+    out, _ = killed_bench
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["complete"] is False and rep["rows_planned"] == ["mobilenet_v2-a0.35-96", "mobilenet_v2-a0.35-64"]
+    assert [(r["row"], r["status"]) for r in rep["rows"]] == [("mobilenet_v2-a0.35-96", "ok")]
+    assert "**partial**: 1 of 2 rows finished" in (out / "report.md").read_text()
+    assert not list(out.glob("*.tmp*")), "a half-written report file was left"
+
+
+def test_a_rerun_reuses_rows_whose_data_and_settings_match_and_retrains_changed_ones(killed_bench, tmp_path):
+    from trainer.data.synthetic import generate
+
+    out, cmd = killed_bench
+    row = out / "runs" / "mobilenet_v2-a0.35-64"
+    r = run_cli(*cmd)                                      # finishes the interrupted row
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["complete"] is True and [x["status"] for x in rep["rows"]] == ["ok", "ok"]
+    trained = (row / "metrics.json").stat().st_mtime_ns
+
+    r = run_cli(*cmd)                                      # same photos, same settings: reused
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (row / "metrics.json").stat().st_mtime_ns == trained
+
+    other = generate(tmp_path / "other", per_class=24, size=96, seed=7)
+    r = run_cli(*_bench_cmd(other, out, cmd[cmd.index("--reuse") + 1]))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained from other inputs (data, data)" in r.stderr, r.stderr[-3000:]
+    assert json.loads((row / "config.json").read_text())["train"]["data"] == str(other)
+    rep = json.loads((out / "report.json").read_text())
+    test_n = sum(json.loads((row / "split" / "split.json").read_text())["counts"]["test"].values())
+    assert str(other) in rep["data"] and rep["rows"][1]["test_n"] == test_n
+
+
+def test_a_data_subset_is_linked_again_when_its_source_or_settings_change(synth_data, tmp_path):
+    from benchmarks.bench import stratified_subset
+    from edge_runtime.errors import UserError
+
+    sub = stratified_subset(str(synth_data), tmp_path / "data", 5, seed=0)
+    assert sorted(len(list(d.iterdir())) for d in sub.iterdir() if d.is_dir()) == [5, 5, 5]
+    assert stratified_subset(str(synth_data), sub, 5, seed=0) == sub
+    stratified_subset(str(synth_data), sub, 3, seed=0)     # another count: relinked, not mixed
+    assert sorted(len(list(d.iterdir())) for d in sub.iterdir() if d.is_dir()) == [3, 3, 3]
+    (sub / "mine.txt").write_text("a user's file")
+    with pytest.raises(UserError, match="holds files the bench did not make"):
+        stratified_subset(str(synth_data), sub, 4, seed=0)
+    assert (sub / "mine.txt").exists()

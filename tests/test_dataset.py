@@ -203,3 +203,16 @@ def test_data_commands_do_not_overwrite_a_folder_without_force(synth_data, tmp_p
     r = run_cli("edgetl", "data", *args, "--force")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) > 1
+
+
+def test_one_stratified_sampler_caps_per_class_or_in_total_and_is_seeded():
+    from trainer.data.sampling import stratified_sample
+
+    labels = np.array([0] * 50 + [1] * 50 + [2] * 4)
+    paths = [f"{c}/{i}.jpg" for i, c in enumerate(labels)]
+    chosen, counts = stratified_sample(paths, labels, per_class=10, seed=3)
+    assert counts == {0: 10, 1: 10, 2: 4} and len(set(chosen)) == 24       # a small class gives all it has
+    _, counts = stratified_sample(paths, labels, n=30, seed=3)
+    assert counts == {0: 13, 1: 13, 2: 4}                                   # equal shares, the rest shared out
+    assert stratified_sample(paths, labels, n=30, seed=3)[0] == stratified_sample(paths, labels, n=30, seed=3)[0]
+    assert stratified_sample(paths, labels, n=30, seed=4)[0] != stratified_sample(paths, labels, n=30, seed=3)[0]

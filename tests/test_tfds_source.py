@@ -8,7 +8,7 @@ from trainer.data import tfds_source
 
 
 @pytest.mark.timeout(180)
-def test_tfds_source_becomes_a_folder_dataset(tmp_path, monkeypatch):
+def test_tfds_source_becomes_a_folder_dataset(tmp_path, monkeypatch, capsys):
     import tensorflow_datasets as tfds
 
     monkeypatch.setenv("EDGETL_CACHE", str(tmp_path))
@@ -18,6 +18,7 @@ def test_tfds_source_becomes_a_folder_dataset(tmp_path, monkeypatch):
     assert ds.root == (tmp_path / "tfds" / "tf_flowers").resolve()
     assert set(ds.classes) <= {"dandelion", "daisy", "tulips", "sunflowers", "roses"}
     assert len(ds.images) == 12 and not ds.bad
+    assert "tfds:tf_flowers: writing its images once as JPEG files" in capsys.readouterr().err
     # second use reads the cache: no tfds involved at all
     monkeypatch.setattr(tfds_source, "online", lambda timeout=3.0: pytest.fail("re-downloaded"))
     assert len(load_dataset("tfds:tf_flowers").images) == 12

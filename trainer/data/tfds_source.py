@@ -51,6 +51,11 @@ def materialize(name: str, data_dir: str | None = None, out: Path | None = None)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     from PIL import Image
+
+    from edge_runtime.log import Progress, log
+    total = sum(builder.info.splits[s].num_examples for s in splits) if builder.info.splits else 0
+    log(f"tfds:{name}: writing its images once as JPEG files into {out}")
+    bar = Progress(f"tfds:{name}", total, unit="img")
     n = 0
     for split in splits:
         ds = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir)
@@ -59,6 +64,8 @@ def materialize(name: str, data_dir: str | None = None, out: Path | None = None)
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(d / f"{split}_{n:06d}.jpg", quality=95)
             n += 1
+            bar.add()
+    bar.finish()
     if n == 0:
         raise DataError(f"tfds:{name}: the dataset yielded no images")
     (tmp / ".complete").write_text(f"{n}\n")
