@@ -152,7 +152,7 @@ def carry_over(out: Path, stage: Path, run: Path, labels: list[str], replaced: s
         return []
     try:
         old = R.read_json(out / NAME) if (out / NAME).exists() else {}
-    except ValueError:
+    except UserError:
         old = {}
     same_run = isinstance(old, dict) and old.get("source_run") == str(run.resolve()) and old.get("labels") == labels
     kept = [a for a in ((old.get("artifacts") or []) if same_run else [])
@@ -209,11 +209,10 @@ def _predict(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def reference(run: Path, model, split, size: int, method: str, need_val: bool) -> Reference:
+def reference(model, split, size: int, method: str, need_val: bool) -> Reference:
     from trainer.data.pipeline import load_arrays
-    from trainer.evaluate import eval_items
 
-    test_paths, test_y, _ = eval_items(run)
+    test_paths, test_y = split.paths_labels("test")
     x_test = load_arrays(test_paths, size, method)
     x_draft = load_arrays(test_paths, size, method, draft=True)  # what JPEG draft decoding gives the device
     changed = np.flatnonzero((x_draft != x_test).any(axis=(1, 2, 3))) if len(x_test) else np.zeros(0, np.int64)
@@ -316,9 +315,10 @@ def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
 def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
             calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
             threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
-            track: str | None = None) -> dict:
+            track: str | None = None, data_root: str | None = None) -> dict:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
-    ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
+    ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's.
+    ``data_root``: where the run's data folder lives now, if it moved after training."""
     from trainer.data.sampling import stratified_sample
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
@@ -351,10 +351,10 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     if clash and not force:
         raise UserError(f"{out / clash[0]}: exists; pass --force to overwrite or --out another folder")
 
-    split = Split.load(run / R.SPLIT)
+    split = Split.of_run(run, data_root)
     tpaths, ty = split.paths_labels("train")
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
-    ref = reference(run, model, split, size, method, need_val="int8" in precisions)
+    ref = reference(model, split, size, method, need_val="int8" in precisions)
 
     # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
     # sees the old deploy folder or the new one, never a mix of two conversions

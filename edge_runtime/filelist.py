@@ -7,7 +7,9 @@ device can check the very images the box verified.
 from __future__ import annotations
 
 from pathlib import Path
+
 from .atomic import write_text
+from .errors import UserError
 
 
 def write_file_list(path: Path, root: Path, items: list[tuple[str, str]]) -> None:
@@ -19,7 +21,14 @@ def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str
     """Returns (absolute path, class name) pairs; ``root`` overrides the recorded data root
     (e.g. on a device where the photos were copied elsewhere)."""
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such split list; give a RUN/split/<name>.tsv, a run folder or a "
+                        "folder of class sub-folders") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as a split list ({e.__class__.__name__}); it must be "
+                        "UTF-8 text with one 'relative/path<TAB>class' per line") from None
     recorded = None
     items = []
     for n, line in enumerate(lines, 1):
@@ -30,9 +39,11 @@ def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str
             continue
         parts = line.split("\t")
         if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected 'relative/path<TAB>class', got {line!r}")
+            raise UserError(f"{path}:{n}: expected 'relative/path<TAB>class', got {line[:80]!r}; a split list "
+                            "has one photo per line: its path, one TAB, its class")
         items.append(parts)
     base = Path(root) if root is not None else recorded
     if base is None:
-        raise ValueError(f"{path}: no '# root' line; pass the data folder explicitly")
+        raise UserError(f"{path}: no '# root<TAB>/data/folder' first line; pass the data folder explicitly "
+                        "(edge-predict --data-root DIR)")
     return [(base / rel, label) for rel, label in items]

@@ -84,6 +84,9 @@ def open_image(path: Union[str, os.PathLike, bytes], max_pixels: int = MAX_PIXEL
         raise ImageError(p, f"refused, too many pixels (decompression-bomb guard): {e}", "too_many_pixels") from None
     except OSError as e:
         raise ImageError(p, f"cannot be opened: {e}") from None
+    except Exception as e:   # Pillow's header parsers raise ValueError (e.g. a PNG text chunk that
+        # inflates past MAX_TEXT_CHUNK), SyntaxError, struct.error... for damaged or hostile files
+        raise ImageError(p, f"damaged or hostile image header ({e}); re-export or remove it") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()

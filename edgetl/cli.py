@@ -147,14 +147,16 @@ def train(data, out, resume_dir, track, **settings):
 @cli.command("eval")
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--data", help="Evaluate on this folder instead of the run's held-out test split.")
+@click.option("--data-root", type=click.Path(file_okay=False),
+              help="Where the run's data folder lives now, if it moved after training.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_track_option
 @friendly
-def eval_cmd(run, data, as_json, track):
+def eval_cmd(run, data, data_root, as_json, track):
     """Accuracy, class-averaged accuracy, per-class precision/recall/F1, AUC and misclassified files."""
     from trainer.evaluate import evaluate_run
 
-    m = evaluate_run(run, data=data, track=track)
+    m = evaluate_run(run, data=data, track=track, data_root=data_root)
     rep = m["test" if data is None else f"data:{data}"]
     if as_json:
         click.echo(json.dumps(rep, indent=2))
@@ -205,10 +207,12 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
 @click.option("--no-int8-recovery", is_flag=True,
               help="Plain full-int8: do not keep the most sensitive layers in float even when int8 "
                    "disagrees with float on more than 1 %% of validation images.")
+@click.option("--data-root", type=click.Path(file_okay=False),
+              help="Where the run's data folder lives now, if it moved after training.")
 @_track_option
 @friendly
 def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force, verbose,
-            no_int8_recovery, track):
+            no_int8_recovery, data_root, track):
     """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
     if verbose:
         from edge_runtime.quiet import show_all
@@ -218,7 +222,7 @@ def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_dr
     chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
     m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
                     max_drop=max_drop, force=force, verbose=verbose, int8_recovery=not no_int8_recovery,
-                    track=track)
+                    track=track, data_root=data_root)
     click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
 
 
@@ -238,11 +242,18 @@ def imagenet(images, backbone, weights, alpha, size, labels, top_k, as_json):
     """Classify IMAGES with a backbone's full pretrained ImageNet classifier (checks the weights)."""
     from trainer.imagenet import classify_images
 
-    for path, top in classify_images(images, backbone, weights, size=size, alpha=alpha, labels=labels, top_k=top_k):
+    skipped: list = []
+    for path, top in classify_images(images, backbone, weights, size=size, alpha=alpha, labels=labels, top_k=top_k,
+                                     skipped=skipped):
         if as_json:
             click.echo(json.dumps({"file": path, "top_k": [{"label": n, "score": round(p, 5)} for n, p in top]}))
         else:
             click.echo(f"{path}: " + ", ".join(f"{n} {p:.3f}" for n, p in top))
+    for _, reason in skipped:
+        click.echo(f"error: {reason}", err=True)
+    if skipped:
+        click.echo(f"error: {len(skipped)} of {len(images)} image(s) could not be classified", err=True)
+        sys.exit(1)
 
 
 @cli.group(invoke_without_command=True)

@@ -194,3 +194,92 @@ def test_eval_on_other_data_keeps_the_test_results_and_names_skipped_files(small
     assert "plots/data_field_photos/" in r.stdout
     m = json.loads((run / "metrics.json").read_text())
     assert m["test"] == test_before and m[f"data:{data}"]["n"] == 12
+
+
+# -- malformed run folders, split lists and image headers ----------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    ("# root\t/x\na.jpg\tdotted\textra\n", "{f}:2: expected 'relative/path<TAB>class'"),
+    ("# root\t/x\njust_a_path.jpg\n", "{f}:2: expected 'relative/path<TAB>class'"),
+    ("a.jpg\tdotted\n", "{f}: no '# root<TAB>/data/folder' first line"),
+    (b"\xff\xfe\x00bad", "{f}: cannot be read as a split list"),
+])
+def test_a_malformed_split_list_is_one_line_naming_it(deployed, tmp_path, content, message):
+    f = tmp_path / "test.tsv"
+    (f.write_bytes if isinstance(content, bytes) else f.write_text)(content)
+    _one_error_line(run_cli("edge-predict", deployed, "--eval", f), message.format(f=f))
+
+
+@pytest.mark.parametrize("command, missing", [("eval", "split"), ("convert", "split"), ("convert", "config.json")])
+def test_a_run_missing_its_split_or_config_is_named_with_the_fix(small_run, tmp_path, command, missing):
+    import shutil
+    run = shutil.copytree(small_run, tmp_path / "run", ignore=shutil.ignore_patterns("deploy", "cache"))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    shutil.rmtree(run / missing) if missing == "split" else (run / missing).unlink()
+    r = run_cli("edgetl", command, run)
+    _one_error_line(r, f"{run / missing}")
+    assert "restore" in r.stderr
+    assert not (run / "deploy").exists()
+    assert [p for p in before if not str(p).startswith(missing)] == sorted(p.relative_to(run) for p in run.rglob("*"))
+
+
+def test_eval_after_the_data_folder_moved_names_it_and_takes_its_new_place(small_run, synth_data, tmp_path):
+    import shutil
+    data = shutil.copytree(synth_data, tmp_path / "data")
+    run = shutil.copytree(small_run, tmp_path / "run", ignore=shutil.ignore_patterns("deploy", "cache"))
+    split = run / "split"
+    for f in split.glob("*.tsv"):          # the copy was trained from tmp_path/data, which then moves
+        f.write_text(f.read_text().replace(str(synth_data.resolve()), str(data.resolve()), 1))
+    meta = json.loads((split / "split.json").read_text())
+    (split / "split.json").write_text(json.dumps({**meta, "root": str(data.resolve())}))
+    moved = data.rename(tmp_path / "moved")
+    for command in ("eval", "convert"):
+        _one_error_line(run_cli("edgetl", command, run), f"{data.resolve()}: the data folder this run was split "
+                        "from is gone (moved or deleted); put it back, or give its new place with --data-root DIR")
+    r = run_cli("edgetl", "eval", run, "--data-root", moved, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n"] == sum(meta["counts"]["test"].values())
+
+
+def _text_chunk_bomb(path):
+    """A 20 KB PNG whose zTXt chunk inflates to 20 MB: Pillow refuses it while reading the header."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
+    png = buf.getvalue()
+    data = b"Comment\x00\x00" + zlib.compress(b"A" * (20 << 20), 9)
+    chunk = struct.pack(">I", len(data)) + b"zTXt" + data + struct.pack(">I", zlib.crc32(b"zTXt" + data))
+    path.write_bytes(png[:33] + chunk + png[33:])    # right after IHDR
+    return path
+
+
+def test_a_png_text_chunk_bomb_is_one_bad_file_among_good_ones(deployed, synth_data, tmp_path):
+    import shutil
+
+    from tests.conftest import WEIGHTS
+    data = tmp_path / "data"
+    for c in ("dotted", "striped"):
+        (data / c).mkdir(parents=True)
+        for f in sorted((synth_data / c).iterdir())[:3]:
+            shutil.copy(f, data / c / f.name)
+    bomb = _text_chunk_bomb(data / "dotted" / "bomb.png")
+    says = "damaged or hostile image header"
+
+    r = run_cli("edge-predict", deployed, "--dir", data / "dotted")
+    assert r.returncode == 1 and f"{bomb}: {says}" in r.stderr and r.stdout.count("dotted") >= 3, r.stderr
+    r = run_cli("edge-predict", deployed, "--eval", data, "--json")
+    assert r.returncode == 1 and says in r.stderr and json.loads(r.stdout.splitlines()[-1])["n"] == 6
+    r = run_cli("edgetl", "data", "inspect", data)
+    assert r.returncode == 0 and "bad files skipped: 1" in r.stdout and says in r.stdout, r.stderr[-2000:]
+    r = run_cli("edgetl", "data", "split", data, "--out", tmp_path / "split", "--fractions", "0.34,0.33,0.33")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bomb.png" not in "".join(f.read_text() for f in (tmp_path / "split").glob("*.tsv"))
+    r = run_cli("edgetl", "imagenet", "--backbone", "mobilenet_v2", "--weights",
+                WEIGHTS / "mobilenet_v2_1.0_224_imagenet_top_qathead.h5", "--labels",
+                WEIGHTS.parent / "labels" / "imagenet_class_index.json", bomb, SAMPLES / "cat.jpg")
+    assert r.returncode == 1 and "Egyptian_cat" in r.stdout and f"{bomb}: {says}" in r.stderr
+    assert "Traceback" not in r.stderr

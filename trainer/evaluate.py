@@ -31,12 +31,14 @@ def load_run_model(run: Path):
                         "re-run training") from None
 
 
-def eval_items(run: Path, data: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
-    """(paths, labels, classes) of the run's test split, or of every image in ``data``."""
+def eval_items(run: Path, data: str | None = None,
+               data_root: str | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(paths, labels, classes) of the run's test split (its photos under ``data_root`` when the
+    data folder moved), or of every image in ``data``."""
     run = Path(run)
     classes = R.read_labels(run)
     if data is None:
-        sp = Split.load(run / R.SPLIT)
+        sp = Split.of_run(run, data_root)
         paths, y = sp.paths_labels("test")
         return paths, y, classes
     from .data import load_dataset
@@ -57,12 +59,13 @@ def data_name(data: str) -> str:
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
                  plots: bool = True, batch_size: int = 32, track: str | None = None, hw=None,
-                 probs: np.ndarray | None = None) -> dict:
+                 probs: np.ndarray | None = None, data_root: str | None = None) -> dict:
     """Score the run on its test split (or ``data``), update RUN/metrics.json and the plots.
     ``track``: an MLflow URI; the metrics are added to the run's MLflow run (`train` passes
     nothing here: it logs its own). ``hw``: where ``model`` was placed (`train` passes it).
     ``probs``: the model's scores on the test split when the caller already has them (a frozen
-    model's follow from its cached test features), so the images are not run a second time."""
+    model's follow from its cached test features), so the images are not run a second time.
+    ``data_root``: where the run's data folder lives now, if it moved after training."""
     run = Path(run)
     tracker = None
     if track is not None:
@@ -71,7 +74,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     model = model or load_run_model(run)
     size = int(model.inputs[0].shape[1])
     method = R.read_resize(run)
-    paths, y, classes = eval_items(run, data)
+    paths, y, classes = eval_items(run, data, data_root)
     if probs is None or data is not None:
         import sys
         probs = predict_images(model, paths, size, batch_size, method, hw, verbose=1 if sys.stderr.isatty() else 0)

@@ -64,7 +64,7 @@ def is_run(path: Path) -> bool:
         return False
     try:
         return "train" in R.read_json(p)
-    except (OSError, ValueError, TypeError):
+    except (UserError, TypeError):
         return False
 
 
@@ -119,7 +119,7 @@ def latency_index(roots: list[Path], runs: list[Path]) -> dict[str, tuple[float,
     for f in sorted(set(files), key=lambda p: p.stat().st_mtime):
         try:
             rep = R.read_json(f)
-        except (OSError, ValueError):
+        except UserError:
             continue
         if not isinstance(rep, dict):
             continue
@@ -169,7 +169,7 @@ def summarise(run: Path, latency: dict | None = None) -> RunSummary:
                     size_mb=round(a.get("bytes", 0) / 1e6, 3), sha256=a.get("sha256", ""),
                     latency_ms=lat[0] if lat else None, latency_threads=lat[1] if lat else None,
                     latency_source=lat[2] if lat else None))
-        except (OSError, ValueError, AttributeError):
+        except (UserError, OSError, ValueError, AttributeError):
             pass
     return RunSummary(
         run=str(run), when=time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.image import load_image
+from edge_runtime.image import ImageError, load_image
 
 from .backbones import KERAS_CACHE, BackboneError, get_backbone, preprocessing_layer
 
@@ -72,14 +72,26 @@ def build_imagenet_model(backbone: str, size: int | None = None, alpha: float | 
 
 def classify_images(paths, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                     size: int | None = None, alpha: float | None = None, labels: str | None = None,
-                    top_k: int = 5) -> list[tuple[str, list[tuple[str, float]]]]:
-    """``[(path, [(class name, probability), ...]), ...]`` for each image, best first."""
+                    top_k: int = 5, skipped: list | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """``[(path, [(class name, probability), ...]), ...]`` for each image, best first. An unreadable
+    image raises ImageError, unless ``skipped`` is a list: then it is appended there as
+    ``(path, reason)`` and the others are still classified."""
     names = class_names(labels)
     model, size = build_imagenet_model(backbone, size, alpha, weights)
-    batch = np.stack([load_image(p, size).astype(np.float32) for p in paths])
-    probs = model.predict(batch, verbose=0, batch_size=16)
+    good, pixels = [], []
+    for p in paths:
+        try:
+            pixels.append(load_image(p, size).astype(np.float32))
+            good.append(p)
+        except ImageError as e:
+            if skipped is None:
+                raise
+            skipped.append((str(p), str(e)))
+    if not good:
+        return []
+    probs = model.predict(np.stack(pixels), verbose=0, batch_size=16)
     out = []
-    for p, pr in zip(paths, probs):
+    for p, pr in zip(good, probs):
         top = np.argsort(-pr)[:top_k]
         out.append((str(p), [(names[i], float(pr[i])) for i in top]))
     return out

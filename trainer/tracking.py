@@ -180,7 +180,7 @@ def _record(run_dir: Path) -> dict | None:
     p = run_dir / R.TRACKING
     try:
         return R.read_json(p) if p.exists() else None
-    except (OSError, ValueError):
+    except UserError:
         return None
 
 

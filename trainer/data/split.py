@@ -8,7 +8,6 @@ becomes the held-out test split and a validation part is carved from train.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,8 +63,13 @@ class Split:
 
     @classmethod
     def load(cls, folder: Path, root: Path | None = None) -> "Split":
+        from .. import rundir
+
         folder = Path(folder)
-        meta = json.loads((folder / "split.json").read_text())
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no split folder; the run's split lists are missing (restore RUN/split/ "
+                            "from a full copy of the run, or train again)")
+        meta = rundir.read_json(folder / "split.json")
         base = Path(root) if root is not None else Path(meta["root"])
         parts = {}
         for s in SPLITS:
@@ -74,6 +78,18 @@ class Split:
         return cls(root=base, classes=meta["classes"], parts=parts, seed=meta["seed"],
                    fractions=tuple(meta["fractions"]), method=meta["method"], notes=meta.get("notes", []),
                    fingerprints=meta.get("fingerprints"))
+
+    @classmethod
+    def of_run(cls, run: Path, data_root: Path | None = None) -> "Split":
+        """The run's split, for work that reads its photos: ``data_root`` is where the data folder
+        lives now (it may have moved since training); a folder that is gone is named with the fix."""
+        from .. import rundir
+
+        split = cls.load(Path(run) / rundir.SPLIT, root=data_root)
+        if not split.root.is_dir():
+            raise DataError(f"{split.root}: the data folder this run was split from is gone (moved or deleted); "
+                            "put it back, or give its new place with --data-root DIR")
+        return split
 
 
 def content_fingerprints(split: Split) -> dict:
