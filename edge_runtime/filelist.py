@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .atomic import write_text
-from .errors import UserError
+from .errors import UserError, read_user_file
 
 
 def write_file_list(path: Path, root: Path, items: list[tuple[str, str]]) -> None:
@@ -21,14 +21,10 @@ def read_file_list(path: Path, root: Path | None = None) -> list[tuple[Path, str
     """Returns (absolute path, class name) pairs; ``root`` overrides the recorded data root
     (e.g. on a device where the photos were copied elsewhere)."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such split list; give a RUN/split/<name>.tsv, a run folder or a "
-                        "folder of class sub-folders") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as a split list ({e.__class__.__name__}); it must be "
-                        "UTF-8 text with one 'relative/path<TAB>class' per line") from None
+    lines = read_user_file(path, missing="no such split list; give a RUN/split/<name>.tsv, a run folder or a "
+                                         "folder of class sub-folders",
+                           unreadable="cannot be read as a split list, which is UTF-8 text with one "
+                                      "'relative/path<TAB>class' per line").splitlines()
     recorded = None
     items = []
     for n, line in enumerate(lines, 1):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edge_runtime import atomic
 from edge_runtime.atomic import replacing
-from edge_runtime.errors import UserError
+from edge_runtime.errors import UserError, read_user_file
 from edge_runtime.image import RESIZE_METHOD
 
 CONFIG = "config.json"
@@ -48,15 +48,12 @@ def write_json(path: Path, obj) -> None:
 
 def read_json(path: Path):
     """A run file, or one line naming it and the fix (a run folder copied in part, or damaged)."""
-    path = Path(path)
+    fix = "restore it from a full copy of the run, or train again (edgetl train DATA --out RUN)"
+    text = read_user_file(path, missing=f"missing from the run folder; {fix}", unreadable=f"damaged; {fix}")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing from the run folder; restore it from a full copy of the run, "
-                        "or train again (edgetl train DATA --out RUN)") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: damaged ({e.__class__.__name__}: {str(e)[:80]}); restore it from a full "
-                        "copy of the run, or train again") from None
+        return json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path}: damaged ({str(e)[:80]}); {fix}") from None
 
 
 def write_text(path: Path, text: str) -> None:
