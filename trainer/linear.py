@@ -188,16 +188,56 @@ def _squared_hinge(z: np.ndarray, sign: np.ndarray) -> tuple[np.ndarray, np.ndar
     return (slack ** 2).sum(axis=1), slack
 
 
-def _scores(rows: Rows, std: _Standardiser, W: np.ndarray, b: np.ndarray):
-    """(start, block, scores) per chunk for standardised weights (W, b), computed on raw rows:
-    ((x - mu)/sd) W + b = x (W/sd) + (b - mu (W/sd))."""
+def _weights_on_raw(std: _Standardiser, W: np.ndarray, b: np.ndarray):
+    """Standardised weights (W, b) as float32 weights on raw rows: ((x - mu)/sd) W + b = x Wr + br."""
     Wr = W / std.sd[:, None]
-    br = b - std.mu @ Wr
-    Wr32 = Wr.astype(np.float32)
+    return Wr.astype(np.float32), b - std.mu @ Wr
+
+
+def _scores(rows: Rows, std: _Standardiser, W: np.ndarray, b: np.ndarray):
+    """(start, block, scores) per chunk for standardised weights (W, b), computed on raw rows."""
+    Wr32, br = _weights_on_raw(std, W, b)
     start = 0
     for block in rows.chunks():
         yield start, block, (block @ Wr32).astype(np.float64) + br
         start += len(block)
+
+
+# Each pass of the solver is two thin matmuls over every row (scores, then the gradient): memory
+# bound, so two threads over halves of the rows nearly halve it (BLAS itself stays on one thread).
+# Always two halves, whatever the core count, so the sums, and the solution, are the same everywhere.
+_HALVES = 2
+_SUB_ROWS = 4096           # rows per matmul: the block is still in cache for the gradient's matmul
+_pool = None
+
+
+def _halves_pool():
+    global _pool
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(_HALVES, thread_name_prefix="edgetl-head")
+    return _pool
+
+
+def _pass(rows: Rows, per_block):
+    """``per_block(start, block) -> tuple of partial sums`` over all rows, the rows of each chunk
+    cut into two halves run on two threads; partial sums are added in a fixed order."""
+    total = None
+    start = 0
+    for chunk in rows.chunks():
+        cut = (len(chunk) + 1) // 2
+
+        def half(ab, chunk=chunk, start=start):
+            acc = None
+            for a in range(ab[0], ab[1], _SUB_ROWS):
+                part = per_block(start + a, chunk[a:min(a + _SUB_ROWS, ab[1])])
+                acc = part if acc is None else tuple(x + y for x, y in zip(acc, part))
+            return acc
+        for part in _halves_pool().map(half, [(0, cut), (cut, len(chunk))]):
+            if part is not None:
+                total = part if total is None else tuple(x + y for x, y in zip(total, part))
+        start += len(chunk)
+    return total
 
 
 def _objective(loss: str, rows: Rows, std: _Standardiser, y: np.ndarray, n: int, l2: float, w: np.ndarray):
@@ -208,19 +248,22 @@ def _objective(loss: str, rows: Rows, std: _Standardiser, y: np.ndarray, n: int,
     def f(theta):
         W = theta[: d * n].reshape(d, n)
         b = theta[d * n:]
-        val, XtG, gsum = 0.5 * l2 * float((W * W).sum()), np.zeros((d, n)), np.zeros(n)
-        for a, block, z in _scores(rows, std, W, b):
+        Wr32, br = _weights_on_raw(std, W, b)
+        eye = np.eye(n)
+
+        def block_sums(a, block):
+            z = (block @ Wr32).astype(np.float64) + br
             yb, wb = y[a:a + len(block)], w[a:a + len(block)]
-            onehot = np.eye(n)[yb]
+            onehot = eye[yb]
             if loss == "logistic":
                 per, p = _logistic(z, yb)
                 g = (p - onehot) * wb[:, None]
             else:
                 per, slack = _squared_hinge(z, 2 * onehot - 1)
                 g = -2.0 * (2 * onehot - 1) * slack * wb[:, None]
-            val += float(wb @ per)
-            XtG += (block.T @ g.astype(np.float32)).astype(np.float64)
-            gsum += g.sum(axis=0)
+            return float(wb @ per), (block.T @ g.astype(np.float32)).astype(np.float64), g.sum(axis=0)
+        val, XtG, gsum = _pass(rows, block_sums)
+        val += 0.5 * l2 * float((W * W).sum())
         gW = (XtG - np.outer(std.mu, gsum)) / std.sd[:, None] + l2 * W
         return val, np.concatenate([gW.ravel(), gsum])
     return f

@@ -155,6 +155,12 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str,
 
 
 # ------------------------------------------------------------------------- phase 1
+def better_epoch(acc: float, loss: float, best_acc: float, best_loss: float) -> bool:
+    """The one best-epoch rule (head and fine-tuning): higher validation accuracy; on a tie, the
+    lower validation loss (accuracy is coarse on a small validation split)."""
+    return acc > best_acc or (acc == best_acc and loss < best_loss)
+
+
 class BestWeights:
     """Track the best epoch by validation accuracy (ties: lower val loss) and restore it."""
 
@@ -163,7 +169,7 @@ class BestWeights:
 
     def update(self, epoch, logs):
         score = (logs.get("val_accuracy", 0.0), logs.get("val_loss", 0.0))
-        if score[0] > self.best[0] or (score[0] == self.best[0] and score[1] < self.best[1]):
+        if better_epoch(*score, *self.best):
             self.best, self.weights, self.epoch = score, self.model.get_weights(), epoch
 
     def restore(self):
@@ -362,7 +368,7 @@ def _checkpoint_callback(ck: Path, cfg: TrainConfig, parts, model, fstate: dict)
             for k, v in logs.items():
                 fstate["history"].setdefault(k, []).append(float(v))
             acc, loss = logs.get("val_accuracy", 0), logs.get("val_loss", 0)
-            if acc > fstate["best_val_accuracy"] or (acc == fstate["best_val_accuracy"] and loss < fstate["best_val_loss"]):
+            if better_epoch(acc, loss, fstate["best_val_accuracy"], fstate["best_val_loss"]):
                 fstate.update(best_val_accuracy=acc, best_val_loss=loss, wait=0, best_epoch=epoch + 1)
                 save_weights("best")
             else:
