@@ -162,7 +162,7 @@ def _stamp(tc, data: str) -> dict:
 def _differences(have: dict, want: dict) -> list[str]:
     if not have:
         return ["no record of what it was trained from"]
-    out = ["data"] if have.get("data_fingerprint") != want["data_fingerprint"] else []
+    out = ["photos"] if have.get("data_fingerprint") != want["data_fingerprint"] else []
     old, new = have.get("train", {}), want["train"]
     return out + sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 

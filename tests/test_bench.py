@@ -244,7 +244,7 @@ def test_a_rerun_reuses_rows_whose_data_and_settings_match_and_retrains_changed_
     other = generate(tmp_path / "other", per_class=24, size=96, seed=7)
     r = run_cli(*_bench_cmd(other, out, cmd[cmd.index("--reuse") + 1]))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "trained from other inputs (data, data)" in r.stderr, r.stderr[-3000:]
+    assert "trained from other inputs (photos, data)" in r.stderr, r.stderr[-3000:]
     assert json.loads((row / "config.json").read_text())["train"]["data"] == str(other)
     rep = json.loads((out / "report.json").read_text())
     test_n = sum(json.loads((row / "split" / "split.json").read_text())["counts"]["test"].values())

@@ -206,8 +206,6 @@ def _scores(rows: Rows, std: _Standardiser, W: np.ndarray, b: np.ndarray):
 # Each pass of the solver is two thin matmuls over every row (scores, then the gradient): memory
 # bound, so two threads over halves of the rows nearly halve it (BLAS itself stays on one thread).
 # Always two halves, whatever the core count, so the sums, and the solution, are the same everywhere.
-_HALVES = 2
-_SUB_ROWS = 4096           # rows per matmul: the block is still in cache for the gradient's matmul
 _pool = None
 
 
@@ -215,25 +213,18 @@ def _halves_pool():
     global _pool
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(_HALVES, thread_name_prefix="edgetl-head")
+        _pool = ThreadPoolExecutor(2, thread_name_prefix="edgetl-head")
     return _pool
 
 
 def _pass(rows: Rows, per_block):
-    """``per_block(start, block) -> tuple of partial sums`` over all rows, the rows of each chunk
-    cut into two halves run on two threads; partial sums are added in a fixed order."""
-    total = None
-    start = 0
+    """``per_block(start, block) -> tuple of partial sums`` over all rows: each chunk's rows cut
+    in two halves, run on two threads, their sums added in a fixed order."""
+    total, start = None, 0
     for chunk in rows.chunks():
         cut = (len(chunk) + 1) // 2
-
-        def half(ab, chunk=chunk, start=start):
-            acc = None
-            for a in range(ab[0], ab[1], _SUB_ROWS):
-                part = per_block(start + a, chunk[a:min(a + _SUB_ROWS, ab[1])])
-                acc = part if acc is None else tuple(x + y for x, y in zip(acc, part))
-            return acc
-        for part in _halves_pool().map(half, [(0, cut), (cut, len(chunk))]):
+        halves = [(start, chunk[:cut]), (start + cut, chunk[cut:])]
+        for part in _halves_pool().map(lambda h: per_block(*h) if len(h[1]) else None, halves):
             if part is not None:
                 total = part if total is None else tuple(x + y for x, y in zip(total, part))
         start += len(chunk)
