@@ -243,9 +243,13 @@ def _decide(requested, features_model, identity, sample, size, method, hw, pre, 
     from .data.pipeline import load_arrays
 
     x = load_arrays(sample, size, method)
-    # one batch: predict_on_batch's first call costs a third of predict()'s (no data adapter, no
-    # iterator function to trace), and this check runs on every run
-    keras_f = np.asarray(features_model.predict_on_batch(x.astype(np.float32)), np.float32)
+    x32 = x.astype(np.float32)
+    if hw is None or hw.replicas == 1:
+        # one batch: predict_on_batch's first call costs a third of predict()'s (no data adapter,
+        # no iterator function to trace), and this check runs on every run
+        keras_f = np.asarray(features_model.predict_on_batch(x32), np.float32)
+    else:   # under MirroredStrategy Keras' predict_on_batch gave 32 rows for 16 images on 2 replicas
+        keras_f = np.asarray(features_model.predict(x32, verbose=0, batch_size=32), np.float32)
     lite_f = LiteRTExtractor(path, cores())(x)
     diff = relative_difference(lite_f, keras_f)
     engine = Engine("litert", requested, "CPU: LiteRT/XNNPACK", tflite=str(path), tflite_cached=hit,
