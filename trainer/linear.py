@@ -95,10 +95,6 @@ class Rows:
             full[np.flatnonzero(self.keep)] = np.asarray(keep, bool)
         return Rows(self.parts, full, self.budget, self.chunk_rows)
 
-    def array(self) -> np.ndarray:
-        """All rows in memory (small data, or a caller that needs them whole)."""
-        return self._all if self._all is not None else np.concatenate(list(self._blocks()))
-
     def chunks(self):
         """float32 blocks of rows, in order."""
         if self._all is not None:
