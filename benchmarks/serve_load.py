@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import socket
@@ -40,6 +42,24 @@ def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (from /proc)."""
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def harness_gc_off():
+    """The load generator's own garbage collection paused while it measures (as timeit does):
+    a full collection in this process stalls every client for ~10 ms, which showed up as a
+    cluster of slow answers that the server never caused."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _drive(coro):
+    with harness_gc_off():
+        return asyncio.run(coro)
 
 
 def _pct(a, q) -> float:
@@ -230,15 +250,15 @@ def run(deploy: Path, images: list[bytes], threads: int, seconds: float, rss_req
     srv = ServerProcess(deploy, threads, queue=4 * threads)
     try:
         clients = 2 * threads
-        asyncio.run(closed_loop(srv.url, images, clients, total=100))              # warm-up
+        _drive(closed_loop(srv.url, images, clients, total=100))              # warm-up
         rss0 = _rss_mb(srv.proc.pid)
         cpu_srv, cpu_cli = _cpu_s(srv.proc.pid), time.process_time()
-        served = asyncio.run(closed_loop(srv.url, images, clients, seconds=seconds))
+        served = _drive(closed_loop(srv.url, images, clients, seconds=seconds))
         served["cpu_ms_per_request"] = {
             "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / served["requests"], 3),
             "load_generator": round(1e3 * (time.process_time() - cpu_cli) / served["requests"], 3)}
-        at80 = asyncio.run(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
-        soak = asyncio.run(closed_loop(srv.url, images, clients, total=rss_requests))
+        at80 = _drive(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
+        soak = _drive(closed_loop(srv.url, images, clients, total=rss_requests))
         rss1 = _rss_mb(srv.proc.pid)
     finally:
         srv.stop()

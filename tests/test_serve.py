@@ -391,6 +391,46 @@ def test_binding_beyond_loopback_without_a_key_warns(deployed, tmp_path):
         srv.stop()
 
 
+def test_inference_threads_are_pinned_only_when_they_fill_the_cores(monkeypatch):
+    from edge_runtime.serve.pool import core_plan
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 5, 7})
+    assert core_plan(4) == [2, 3, 5, 7]            # one busy interpreter per allowed core
+    assert core_plan(2) is None                    # cores left over: no one right placement
+    assert core_plan(8) is None                    # oversubscribed
+    assert core_plan(4, pin=False) is None         # --no-pin
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert core_plan(1) is None                    # nothing to choose on one core
+
+
+def _single_core_tasks(pid: int) -> list[str]:
+    """CPU lists of the process's threads that may run on exactly one core."""
+    out = []
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        allowed = next(l.split(":", 1)[1].strip() for l in status.read_text().splitlines()
+                       if l.startswith("Cpus_allowed_list"))
+        if allowed.isdigit():
+            out.append(allowed)
+    return out
+
+
+def test_a_server_whose_threads_fill_the_cores_pins_one_per_core(deployed, tmp_path):
+    cores = sorted(os.sched_getaffinity(0))
+    deploy = tmp_path / "deploy"
+    shutil.copytree(deployed, deploy)
+    srv = Server(deploy, "--threads", len(cores), "--queue", "2")
+    try:
+        if len(cores) == 1:   # nothing to choose
+            assert "pinned" not in srv.output()
+            return
+        deadline = time.time() + 10
+        while sorted(_single_core_tasks(srv.proc.pid), key=int) != [str(c) for c in cores]:
+            assert time.time() < deadline, _single_core_tasks(srv.proc.pid)
+            time.sleep(0.1)
+        assert "pinned to cores" in srv.output()
+    finally:
+        srv.stop()
+
+
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory) -> Path:
     """A fresh virtual environment with only `pip install .[edge,serve]`."""

@@ -44,6 +44,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def app_from_env():
     """uvicorn factory for worker processes."""
     from .app import ServeConfig, create_app
@@ -70,9 +78,12 @@ def app_from_env():
 @click.option("--precision", help="Artifact to serve [default: the manifest's].")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False))
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Pin each inference thread to its own core when the threads fill the cores "
+                   "(lower tail latency); --no-pin when other programs share the cores.")
 @click.option("--access-log", is_flag=True, help="Log every request (off by default: it costs time under load).")
 def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key, name, precision,
-         ssl_keyfile, ssl_certfile, access_log):
+         ssl_keyfile, ssl_certfile, pin, access_log):
     """Serve a deploy folder over HTTP: POST /v1/classify (raw image/* body or multipart `file`),
     the Open Inference Protocol (KServe v2) REST endpoints under /v2, Prometheus /metrics, OpenAPI
     docs at /docs, and POST /v2/repository/models/NAME/load (or SIGHUP) to swap in a re-converted
@@ -86,7 +97,7 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
         import uvicorn
 
         from .app import ServeConfig
-        from .pool import load_generation
+        from .pool import core_plan, load_generation
     except ImportError as e:
         click.echo(f'error: edge-serve needs the serve extra ({e.name} is missing): pip install "edgetl[serve]"',
                    err=True)
@@ -99,15 +110,17 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
     if bool(ssl_keyfile) != bool(ssl_certfile):
         click.echo("error: --ssl-keyfile and --ssl-certfile go together", err=True)
         sys.exit(2)
-    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, _usable_cores() // workers)
     cfg = ServeConfig(deploy=str(deploy), name=name, threads=threads, queue=queue, max_body=parse_size(max_body),
-                      timeout=timeout, api_key=api_key or None, precision=precision)
+                      timeout=timeout, api_key=api_key or None, precision=precision, pin=pin)
     if not _is_loopback(host) and not cfg.api_key:
         click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "
                    f"the model; set --api-key or {ENV_KEY}", err=True)
     scheme = "https" if ssl_certfile else "http"
+    plan = core_plan(threads, pin) if workers == 1 else None
+    pinned = f" pinned to cores {','.join(map(str, plan))}" if plan else ""
     click.echo(f"edge-serve: {cfg.model_name()} from {deploy} on {scheme}://{host}:{port} "
-               f"({workers} process(es) x {threads} thread(s), queue {queue}, timeout {timeout:g}s)", err=True)
+               f"({workers} process(es) x {threads} thread(s){pinned}, queue {queue}, timeout {timeout:g}s)", err=True)
     common = dict(host=host, port=port, log_level="warning", access_log=access_log,
                   ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, timeout_graceful_shutdown=int(timeout) + 1)
     if workers == 1:
