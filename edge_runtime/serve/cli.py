@@ -117,7 +117,7 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
         click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "
                    f"the model; set --api-key or {ENV_KEY}", err=True)
     scheme = "https" if ssl_certfile else "http"
-    plan = core_plan(threads, pin) if workers == 1 else None
+    plan = core_plan(threads, pin)   # each process pins its own threads alike
     pinned = f" pinned to cores {','.join(map(str, plan))}" if plan else ""
     click.echo(f"edge-serve: {cfg.model_name()} from {deploy} on {scheme}://{host}:{port} "
                f"({workers} process(es) x {threads} thread(s){pinned}, queue {queue}, timeout {timeout:g}s)", err=True)

@@ -68,9 +68,10 @@ def core_plan(threads: int, pin: bool = True) -> list[int] | None:
     """The core each inference thread is pinned to, or None to leave placement to the OS.
 
     Pinning only when this process's threads exactly fill the cores it may use (one process
-    owning the box, the default): the scheduler otherwise now and then puts both busy
-    interpreters on one core for a time slice while the other core runs the HTTP loop, and
-    every request queued behind them waits. Measured on a noisy 2-core VM, open loop at 480
+    owning the box, the default). Left to the OS, a busy interpreter is now and then stalled
+    for a few ms (a decode of 0.5 ms was seen taking 5 ms), likely sharing a core with the
+    other interpreter while the HTTP loop holds the second, and every request queued behind it
+    waits. Measured on a noisy 2-core VM, open loop at 480
     req/s: p99 lower pinned in 6 of 6 paired runs (median 7.0 against 9.5 ms); at 80 % of each
     server's own closed-loop rate, lower in 3 of 4 (median 8.3 against 9.0 ms), throughput within
     the run-to-run spread (510-625 req/s either way). With fewer threads than cores (several
