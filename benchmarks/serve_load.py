@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
@@ -44,22 +43,16 @@ def _cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@contextlib.contextmanager
-def harness_gc_off():
-    """The load generator's own garbage collection paused while it measures (as timeit does):
-    a full collection in this process stalls every client for ~10 ms, which showed up as a
-    cluster of slow answers that the server never caused."""
+def _drive(coro):
+    """Run one load phase with this process's garbage collection paused (as timeit does): a
+    full collection here stalls every client for ~10 ms, which showed up as a cluster of slow
+    answers that the server never caused."""
     gc.collect()
     gc.disable()
     try:
-        yield
+        return asyncio.run(coro)
     finally:
         gc.enable()
-
-
-def _drive(coro):
-    with harness_gc_off():
-        return asyncio.run(coro)
 
 
 def _pct(a, q) -> float:

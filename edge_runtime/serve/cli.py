@@ -9,6 +9,7 @@ import tempfile
 
 import click
 
+from ..cores import usable_cores
 from ..errors import UserError
 
 ENV_KEY = "EDGE_SERVE_API_KEY"
@@ -42,14 +43,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _usable_cores() -> int:
-    """The cores this process may run on (a container's CPU set, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def app_from_env():
@@ -110,7 +103,7 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
     if bool(ssl_keyfile) != bool(ssl_certfile):
         click.echo("error: --ssl-keyfile and --ssl-certfile go together", err=True)
         sys.exit(2)
-    threads = threads or max(1, _usable_cores() // workers)
+    threads = threads or max(1, len(usable_cores()) // workers)
     cfg = ServeConfig(deploy=str(deploy), name=name, threads=threads, queue=queue, max_body=parse_size(max_body),
                       timeout=timeout, api_key=api_key or None, precision=precision, pin=pin)
     if not _is_loopback(host) and not cfg.api_key:

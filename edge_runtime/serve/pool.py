@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..classifier import Classifier
+from ..cores import usable_cores
 from ..errors import UserError
 from ..manifest import load_manifest
 
@@ -78,7 +79,7 @@ def core_plan(threads: int, pin: bool = True) -> list[int] | None:
     processes, or cores left to other programs) there is no one right placement, so none."""
     if not pin or not hasattr(os, "sched_setaffinity"):
         return None
-    cores = sorted(os.sched_getaffinity(0))
+    cores = usable_cores()
     return cores if len(cores) == threads > 1 else None
 
 

@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 
+from edge_runtime.cores import usable_cores
 from edge_runtime.image import RESIZE_METHOD, load_image
 
 CACHE_LIMIT_BYTES = 3e9   # decoded images of one split kept in RAM up to this; above it, on disk
@@ -22,7 +23,7 @@ CACHE_LIMIT_BYTES = 3e9   # decoded images of one split kept in RAM up to this; 
 
 def cores() -> int:
     """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return len(usable_cores())
 
 
 def loader_workers() -> int:
