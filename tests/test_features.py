@@ -150,6 +150,14 @@ def test_a_killed_extraction_resumes_at_the_first_chunk_not_written(tmp_path, mo
     assert isinstance(F, np.memmap)
 
 
+def test_every_split_is_cut_into_many_short_chunks_so_no_core_idles_long_at_its_end():
+    for n in (1, 40, 406, 3242, 64000):
+        c = FE.chunk_size(n)
+        assert FE.MIN_CHUNK <= c <= FE.CHUNK and c == FE.chunk_size(n)       # same cut on resume
+        assert -(-n // c) >= min(FE.CHUNKS_PER_SPLIT, -(-n // FE.MIN_CHUNK))
+    assert FE.chunk_size(406) == 16 and FE.chunk_size(64000) == 256
+
+
 @pytest.mark.slow
 def test_resume_continues_a_run_killed_during_feature_extraction(tmp_path):
     out = tmp_path / "killed"

@@ -40,7 +40,9 @@ from .data.pipeline import cores
 ENGINES = ("auto", "keras", "litert")
 TOLERANCE = 1e-4          # max relative difference LiteRT may have from Keras on the check sample
 CHECK_IMAGES = 16         # training images both engines compute before a run trusts LiteRT
-CHUNK = 256               # images per chunk written (and per resume step)
+CHUNK = 256               # the most images per chunk written (and per resume step)
+MIN_CHUNK = 16
+CHUNKS_PER_SPLIT = 32     # a split is cut into about this many chunks (see chunk_size)
 ENGINE_FILE = "features_engine.json"
 
 
@@ -329,8 +331,17 @@ def speculate(requested: str, identity: dict, weights: str, seed: int, jobs, siz
 
 
 # ------------------------------------------------------------------------- chunked extraction
+def chunk_size(n: int) -> int:
+    """Images per chunk for a split of ``n``: about CHUNKS_PER_SPLIT chunks, 16 to 256 images
+    each. The last chunk runs while the other threads have nothing left to do, so it must be
+    short: at a fixed 256, flowers5's 406 validation images were one chunk of 256 beside one of
+    150, and one core sat idle for a fifth of that split. It depends on ``n`` alone, so a resumed
+    run cuts the split where the killed one did."""
+    return max(MIN_CHUNK, min(CHUNK, -(-n // CHUNKS_PER_SPLIT)))
+
+
 def write_features(dest: Path, paths: list[str], width: int, compute: Callable[[list[str]], np.ndarray],
-                   workers: int = 1, label: str = "features", chunk: int = CHUNK) -> np.ndarray:
+                   workers: int = 1, label: str = "features", chunk: int | None = None) -> np.ndarray:
     """``compute(paths) -> float32 (len, width)`` over ``paths`` in chunks, each written at its
     place in ``dest`` (.npy) as it is done, and the file renamed into place when every chunk is
     in. Returns the finished file memory-mapped read-only. ``workers`` chunks run at once. Chunks
@@ -345,6 +356,7 @@ def write_features(dest: Path, paths: list[str], width: int, compute: Callable[[
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial, done_file = dest.with_name(dest.stem + ".partial.npy"), dest.with_name(dest.stem + ".done.json")
     n = len(paths)
+    chunk = chunk or chunk_size(n)
     starts = list(range(0, n, chunk))
     done: set[int] = set()
     if partial.exists() and done_file.exists():
