@@ -286,8 +286,7 @@ class Speculation:
 
     def _run(self):
         try:
-            for dest, paths, label in self.jobs:
-                write_features(dest, paths, self._width, self._compute, cores(), label=label)
+            write_splits(self.jobs, self._width, self._compute, cores())
         except _Cancelled:
             pass
         except BaseException as e:  # reported by join()
@@ -342,84 +341,144 @@ def chunk_size(n: int) -> int:
 
 def write_features(dest: Path, paths: list[str], width: int, compute: Callable[[list[str]], np.ndarray],
                    workers: int = 1, label: str = "features", chunk: int | None = None) -> np.ndarray:
-    """``compute(paths) -> float32 (len, width)`` over ``paths`` in chunks, each written at its
-    place in ``dest`` (.npy) as it is done, and the file renamed into place when every chunk is
-    in. Returns the finished file memory-mapped read-only. ``workers`` chunks run at once. Chunks
-    go to the file by plain positioned writes, not through a memory map, so a large split never
-    becomes resident in this process. Which chunks are written is recorded (after an fsync)
-    every few seconds, so a killed extraction resumes where it stopped."""
-    dest = Path(dest)
-    if dest.exists():
-        return np.load(dest, mmap_mode="r")
-    if not paths:
-        return np.zeros((0, width), np.float32)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    partial, done_file = dest.with_name(dest.stem + ".partial.npy"), dest.with_name(dest.stem + ".done.json")
-    n = len(paths)
-    chunk = chunk or chunk_size(n)
-    starts = list(range(0, n, chunk))
-    done: set[int] = set()
-    if partial.exists() and done_file.exists():
-        try:
-            if np.load(partial, mmap_mode="r").shape == (n, width):
-                done = set(json.loads(done_file.read_text())) & set(starts)
-        except (ValueError, OSError):
-            done = set()
-    if not done:
-        done_file.unlink(missing_ok=True)
-        # only the header and the file's size (the map is dropped at once): rows are written below
-        np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, width))
-    offset = int(np.load(partial, mmap_mode="r").offset)
-    images_done = sum(min(chunk, n - s) for s in done)
-    if done:
-        log(f"{label}: resuming, {images_done}/{n} images already computed")
-    todo = [s for s in starts if s not in done]
-    t0 = time.time()
-    lock = threading.Lock()
-    progress = Progress(label, n, done=images_done, unit="img")
-    fd = os.open(partial, os.O_RDWR)
-    last_mark = [time.time()]
+    """``compute(paths) -> float32 (len, width)`` over ``paths`` in chunks, into ``dest`` (.npy);
+    returns the finished file memory-mapped read-only. One split of ``write_splits``."""
+    return write_splits([(dest, paths, label)], width, compute, workers, chunk)[0]
 
-    def mark(force=False):
-        if force or time.time() - last_mark[0] > 5:
-            os.fsync(fd)
-            write_json(done_file, sorted(done))
-            last_mark[0] = time.time()
 
-    def one(s: int):
-        block = np.ascontiguousarray(compute(paths[s:s + chunk]), np.float32)
-        if block.shape != (min(chunk, n - s), width):
-            raise RuntimeError(f"{label}: a chunk came back with shape {block.shape}")
-        os.pwrite(fd, block.tobytes(), offset + s * width * 4)
-        with lock:
-            done.add(s)
-            progress.add(len(block))
-            mark()
-
+def write_splits(jobs: list[tuple[Path, list[str], str]], width: int,
+                 compute: Callable[[list[str]], np.ndarray], workers: int = 1,
+                 chunk: int | None = None) -> list[np.ndarray]:
+    """Features of several splits (``jobs``: (dest .npy, paths, label)), their chunks queued in
+    order on one pool of ``workers`` threads, so the next split's chunks fill the cores while the
+    last chunks of the one before finish (no core waits at a split's end). Each chunk is written
+    at its place in its file as it is done and each file renamed into place when all its chunks
+    are in; returns the finished files memory-mapped read-only. Chunks go to the file by plain
+    positioned writes, not through a memory map, so a large split never becomes resident in this
+    process. Which chunks are written is recorded (after an fsync) every few seconds, so a killed
+    extraction resumes where it stopped."""
+    out: list = [None] * len(jobs)
+    files: list[tuple[int, _SplitFile]] = []
     try:
-        if workers > 1 and len(todo) > 1:
+        for i, (dest, paths, label) in enumerate(jobs):
+            dest = Path(dest)
+            if dest.exists():
+                out[i] = np.load(dest, mmap_mode="r")
+            elif not paths:
+                out[i] = np.zeros((0, width), np.float32)
+            else:
+                files.append((i, _SplitFile(dest, paths, width, label, chunk)))
+        left = {i: len(f.todo) for i, f in files}
+        lock = threading.Lock()
+
+        def one(i: int, f: _SplitFile, s: int):
+            f.begin()
+            f.write(s, compute(f.paths[s:s + f.chunk]))
+            with lock:
+                left[i] -= 1
+                last = left[i] == 0
+            if last:
+                f.finish()
+
+        for i, f in files:
+            if not f.todo:          # resumed after its last chunk was written
+                f.finish()
+        tasks = [(i, f, s) for i, f in files for s in f.todo]
+        if workers > 1 and len(tasks) > 1:
             with ThreadPoolExecutor(workers) as pool:
                 try:
-                    for f in [pool.submit(one, s) for s in todo]:
-                        f.result()
+                    for fut in [pool.submit(one, *t) for t in tasks]:
+                        fut.result()
                 except BaseException:
                     pool.shutdown(cancel_futures=True)
                     raise
         else:
-            for s in todo:
-                one(s)
+            for t in tasks:
+                one(*t)
     finally:
-        with lock:
-            if done:
-                os.fsync(fd)
-                write_json(done_file, sorted(done))
-        os.close(fd)
-    os.replace(partial, dest)
-    done_file.unlink(missing_ok=True)
-    progress.finish()
-    secs = time.time() - t0
-    log(f"{label}: {n} images in {secs:.1f}s ({(n - images_done) / max(secs, 1e-9):.0f} img/s)")
-    return np.load(dest, mmap_mode="r")
+        for _, f in files:
+            f.close()
+    for i, f in files:
+        out[i] = np.load(f.dest, mmap_mode="r")
+    return out
+
+
+class _SplitFile:
+    """One split's feature file while it is written: the chunks left to do (a resumed run reads
+    which are already in), positioned writes into ``.partial.npy``, the record of written chunks
+    in ``.done.json``, and the rename into place once every chunk is in."""
+
+    def __init__(self, dest: Path, paths: list[str], width: int, label: str, chunk: int | None = None):
+        self.dest, self.paths, self.width, self.label = dest, paths, width, label
+        self.n = n = len(paths)
+        self.chunk = chunk or chunk_size(n)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = dest.with_name(dest.stem + ".partial.npy")
+        self.done_file = dest.with_name(dest.stem + ".done.json")
+        starts = list(range(0, n, self.chunk))
+        self.done: set[int] = set()
+        if self.partial.exists() and self.done_file.exists():
+            try:
+                if np.load(self.partial, mmap_mode="r").shape == (n, width):
+                    self.done = set(json.loads(self.done_file.read_text())) & set(starts)
+            except (ValueError, OSError):
+                self.done = set()
+        if not self.done:
+            self.done_file.unlink(missing_ok=True)
+            # only the header and the file's size (the map is dropped at once): rows are written later
+            np.lib.format.open_memmap(self.partial, mode="w+", dtype=np.float32, shape=(n, width))
+        self.offset = int(np.load(self.partial, mmap_mode="r").offset)
+        self.images_done = sum(min(self.chunk, n - s) for s in self.done)
+        if self.done:
+            log(f"{label}: resuming, {self.images_done}/{n} images already computed")
+        self.todo = [s for s in starts if s not in self.done]
+        self.lock = threading.Lock()
+        self.fd: int | None = os.open(self.partial, os.O_RDWR)
+        self.t0: float | None = None
+        self.progress: Progress | None = None
+        self._marked = time.time()
+
+    def begin(self) -> None:
+        """Its first chunk starts: the clock and the progress line start here, not when queued."""
+        with self.lock:
+            if self.t0 is None:
+                self.t0 = time.time()
+                self.progress = Progress(self.label, self.n, done=self.images_done, unit="img")
+
+    def write(self, s: int, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, np.float32)
+        if block.shape != (min(self.chunk, self.n - s), self.width):
+            raise RuntimeError(f"{self.label}: a chunk came back with shape {block.shape}")
+        os.pwrite(self.fd, block.tobytes(), self.offset + s * self.width * 4)
+        with self.lock:
+            self.done.add(s)
+            self.progress.add(len(block))
+            if time.time() - self._marked > 5:
+                self._mark()
+
+    def _mark(self) -> None:
+        os.fsync(self.fd)
+        write_json(self.done_file, sorted(self.done))
+        self._marked = time.time()
+
+    def close(self) -> None:
+        """Record what is written and close the file (again: nothing)."""
+        with self.lock:
+            if self.fd is None:
+                return
+            if self.done:
+                self._mark()
+            os.close(self.fd)
+            self.fd = None
+
+    def finish(self) -> None:
+        self.close()
+        os.replace(self.partial, self.dest)
+        self.done_file.unlink(missing_ok=True)
+        if self.progress is not None:
+            self.progress.finish()
+        secs = time.time() - (self.t0 or time.time())
+        log(f"{self.label}: {self.n} images in {secs:.1f}s ({(self.n - self.images_done) / max(secs, 1e-9):.0f} img/s)")
 
 
 def litert_compute(extractor: LiteRTExtractor, size: int, method: str) -> Callable[[list[str]], np.ndarray]:

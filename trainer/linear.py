@@ -146,9 +146,10 @@ class _Standardiser:
         rows = as_rows(X)
         total, sq, count = np.zeros(rows.d), 0.0, 0
         for block in rows.chunks():
-            b64 = block.astype(np.float64)
-            total += b64.sum(axis=0)
-            sq += float((b64 * b64).sum())
+            # summed in float64 without a float64 copy of the block (a copy's fresh pages cost
+            # more here than the sums: ~0.15 s for flowers5's 3,648 x 1,280 features)
+            total += block.sum(axis=0, dtype=np.float64)
+            sq += float(np.einsum("ij,ij->", block, block, dtype=np.float64))
             count += len(block)
         self.mu = total / max(count, 1)
         mean_all = float(total.sum()) / max(count * rows.d, 1)
