@@ -150,6 +150,29 @@ def test_a_killed_extraction_resumes_at_the_first_chunk_not_written(tmp_path, mo
     assert isinstance(F, np.memmap)
 
 
+def test_the_next_splits_chunks_run_beside_the_last_chunk_of_the_split_before(tmp_path):
+    """Splits share one queue: while one worker runs train's last chunk, the other starts on
+    val instead of idling (the last train chunk waits for a val chunk to begin, up to 10 s)."""
+    import threading
+
+    val_started, waited = threading.Event(), []
+
+    def compute(ps):
+        if ps[0] == "train30":
+            waited.append(val_started.wait(10))
+        if ps[0].startswith("val"):
+            val_started.set()
+        return np.array([[int(p.lstrip("trainval")), len(p)] for p in ps], np.float32)
+
+    jobs = [(tmp_path / "features_train_x.npy", [f"train{i}" for i in range(40)], "features[train]"),
+            (tmp_path / "features_val_x.npy", [f"val{i}" for i in range(20)], "features[val]")]
+    F_train, F_val = FE.write_splits(jobs, 2, compute, workers=2, chunk=10)
+    assert waited == [True]
+    np.testing.assert_array_equal(F_train[:, 0], np.arange(40))
+    np.testing.assert_array_equal(F_val[:, 0], np.arange(20))
+    assert not list(tmp_path.glob("*.partial.npy")) and not list(tmp_path.glob("*.done.json"))
+
+
 def test_every_split_is_cut_into_many_short_chunks_so_no_core_idles_long_at_its_end():
     for n in (1, 40, 406, 3242, 64000):
         c = FE.chunk_size(n)
