@@ -174,19 +174,11 @@ def scale(a) -> int:
             print(f"generated {n} images in {time.time() - t:.0f}s", flush=True)
         out = work / f"run_{n}"
         subprocess.run(["rm", "-rf", str(out)], check=True)
-        cmd = [sys.executable, "-m", "benchmarks.train_speed", "one", "--data", str(data), "--out", str(out),
-               "--backbone", a.backbone, "--weights", a.weights]
-        cmd += ["--alpha", str(a.alpha)] if a.alpha is not None else []
-        cmd += ["--size", str(a.size)] if a.size is not None else []
+        argv = ["one", "--data", str(data), "--out", str(out), *_model_args(a)]
         if not rows:   # warm the extractor cache outside the timed runs
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            _child(argv, env)
             subprocess.run(["rm", "-rf", str(out)], check=True)
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if p.returncode or line is None:
-            print(p.stderr[-3000:])
-            raise SystemExit(f"scale: the {n}-image run failed")
-        r = json.loads(line[7:])
+        r = _child(argv, env)
         images = 3 * -(-n // 3)
         row = {"images": images, "seconds": r["wall_s"], "s_per_1000": round(1000 * r["wall_s"] / images, 2),
                "feature_s_per_1000": round(1000 * r["timing"]["feature_extraction_s"] / images, 2),
