@@ -368,22 +368,16 @@ def write_splits(jobs: list[tuple[Path, list[str], str]], width: int,
                 out[i] = np.zeros((0, width), np.float32)
             else:
                 files.append((i, _SplitFile(dest, paths, width, label, chunk)))
-        left = {i: len(f.todo) for i, f in files}
-        lock = threading.Lock()
 
-        def one(i: int, f: _SplitFile, s: int):
+        def one(f: _SplitFile, s: int):
             f.begin()
-            f.write(s, compute(f.paths[s:s + f.chunk]))
-            with lock:
-                left[i] -= 1
-                last = left[i] == 0
-            if last:
+            if f.write(s, compute(f.paths[s:s + f.chunk])):
                 f.finish()
 
-        for i, f in files:
+        for _, f in files:
             if not f.todo:          # resumed after its last chunk was written
                 f.finish()
-        tasks = [(i, f, s) for i, f in files for s in f.todo]
+        tasks = [(f, s) for _, f in files for s in f.todo]
         if workers > 1 and len(tasks) > 1:
             with ThreadPoolExecutor(workers) as pool:
                 try:
@@ -416,6 +410,7 @@ class _SplitFile:
         self.partial = dest.with_name(dest.stem + ".partial.npy")
         self.done_file = dest.with_name(dest.stem + ".done.json")
         starts = list(range(0, n, self.chunk))
+        self.chunks = len(starts)
         self.done: set[int] = set()
         if self.partial.exists() and self.done_file.exists():
             try:
@@ -445,7 +440,8 @@ class _SplitFile:
                 self.t0 = time.time()
                 self.progress = Progress(self.label, self.n, done=self.images_done, unit="img")
 
-    def write(self, s: int, block: np.ndarray) -> None:
+    def write(self, s: int, block: np.ndarray) -> bool:
+        """Write the chunk at ``s``; True when it was the last one missing."""
         block = np.ascontiguousarray(block, np.float32)
         if block.shape != (min(self.chunk, self.n - s), self.width):
             raise RuntimeError(f"{self.label}: a chunk came back with shape {block.shape}")
@@ -455,24 +451,27 @@ class _SplitFile:
             self.progress.add(len(block))
             if time.time() - self._marked > 5:
                 self._mark()
+            return len(self.done) == self.chunks
 
     def _mark(self) -> None:
         os.fsync(self.fd)
         write_json(self.done_file, sorted(self.done))
         self._marked = time.time()
 
-    def close(self) -> None:
-        """Record what is written and close the file (again: nothing)."""
+    def close(self, record: bool = True) -> None:
+        """Record what is written (``record``) and close the file (again: nothing)."""
         with self.lock:
             if self.fd is None:
                 return
-            if self.done:
+            if self.done and record:
                 self._mark()
+            elif self.done:   # complete: on disk before finish renames it into place
+                os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
 
     def finish(self) -> None:
-        self.close()
+        self.close(record=False)   # complete: renamed into place, no record needed
         os.replace(self.partial, self.dest)
         self.done_file.unlink(missing_ok=True)
         if self.progress is not None:
