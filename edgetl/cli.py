@@ -437,10 +437,11 @@ for _command in insight_cli.COMMANDS:
 
 
 def main():
+    from edge_runtime.exit import run_command
     from edge_runtime.quiet import enable
 
     enable()
-    cli()
+    run_command(cli)   # ends without TensorFlow's 1.3 s interpreter teardown
 
 
 if __name__ == "__main__":

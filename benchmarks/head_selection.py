@@ -1,0 +1,114 @@
+"""Which rule should choose the head's L2? A nested cross-validation on train+val only.
+
+The default head (trainer.linear) picks its L2 strength on held-out data and refits. Whether a
+different selection rule would generalise better must not be judged on the test split (that
+would select on it), so this benchmark asks train+val alone: an outer stratified 5-fold split of
+a finished run's cached train+val features; inside each outer training part, every rule carves
+its own held-out data, chooses L2 and refits exactly as ``solve_head`` does; the outer fold then
+scores the result. The rule with the most outer-fold hits generalises best on that data.
+
+Rules: ``validation`` (an 11 % held-out part, as the split gives) or ``k-fold`` (5 folds over
+the whole inner part), each choosing by held-out accuracy with loss breaking ties (the default
+rule) or by held-out loss alone.
+
+    python -m benchmarks.head_selection RUN [RUN ...] --out benchmarks/results/head_selection
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainer import linear as L
+
+RULES = ("validation+accuracy", "validation+loss", "k-fold+accuracy", "k-fold+loss")
+OUTER_FOLDS, OUTER_SEED = 5, 12345
+
+
+def cached_train_val(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """A finished run's cached train and val features with their labels (the test split's cache
+    is never opened)."""
+    from edge_runtime.filelist import read_file_list
+
+    labels = (run / "labels.txt").read_text().splitlines()
+    X, y = [], []
+    for split in ("train", "val"):
+        X.append(np.asarray(np.load(next((run / "cache").glob(f"features_{split}_*.npy")), mmap_mode="r"),
+                            np.float32))
+        y.append(np.array([labels.index(c) for _, c in read_file_list(run / "split" / f"{split}.tsv")]))
+    X, y = np.concatenate(X), np.concatenate(y)
+    if len(X) != len(y):
+        raise SystemExit(f"{run}: cached features ({len(X)}) do not match the split lists ({len(y)})")
+    return X, y, len(labels)
+
+
+def by_loss(grid, acc, lval) -> int:
+    return int(np.argmin(lval))
+
+
+def fit_rule(rule: str, X: np.ndarray, y: np.ndarray, n: int) -> tuple[L.LinearModel, float]:
+    """``solve_head`` under one rule on (X, y); returns the refit model and the chosen L2."""
+    method, criterion = rule.split("+")
+    held = L._folds(y, 9, 0) == 0           # about 11 %: the validation part a split would give
+    chooser = L._choose
+    L._choose = by_loss if criterion == "loss" else chooser
+    try:
+        _, final, sel = L.solve_head(X[~held], y[~held], X[held], y[held], n, method=method)
+    finally:
+        L._choose = chooser
+    return final, sel.l2
+
+
+def nested(run: Path, rules=RULES) -> list[dict]:
+    X, y, n = cached_train_val(run)
+    outer = L._folds(y, OUTER_FOLDS, OUTER_SEED)
+    rows = []
+    for rule in rules:
+        t, hits, l2s = time.time(), 0, []
+        for f in range(OUTER_FOLDS):
+            tr, ho = outer != f, outer == f
+            model, l2 = fit_rule(rule, X[tr], y[tr], n)
+            hits += int((model.scores(X[ho]).argmax(1) == y[ho]).sum())
+            l2s.append(l2)
+        rows.append({"run": run.name, "rule": rule, "hits": hits, "n": len(y), "accuracy": round(hits / len(y), 4),
+                     "l2_per_outer_fold": [round(v, 5) for v in l2s], "seconds": round(time.time() - t, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str) -> str:
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    cell = {(r["run"], r["rule"]): r for r in rows}
+    lines = ["# Head L2 selection rules: nested 5-fold CV on train+val (test split never read)", "",
+             f"`{command}`", "", "Outer-fold hits / images (accuracy); L2 chosen in each outer fold.", "",
+             "| rule | " + " | ".join(runs) + " | all |", "|---|" + "---|" * (len(runs) + 1)]
+    for rule in rules:
+        cells = [f"{cell[(r, rule)]['hits']}/{cell[(r, rule)]['n']} ({cell[(r, rule)]['accuracy']:.4f}) "
+                 f"L2 {cell[(r, rule)]['l2_per_outer_fold']}" for r in runs]
+        total = sum(cell[(r, rule)]["hits"] for r in runs)
+        lines.append(f"| {rule} | " + " | ".join(cells) + f" | {total} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="finished `edgetl train` run folders (their caches are read)")
+    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/head_selection"))
+    a = ap.parse_args(argv)
+    rows = [r for run in a.runs for r in nested(run, a.rules.split(","))]
+    command = " ".join(["python -m benchmarks.head_selection", *(argv or sys.argv[1:])])
+    from edge_runtime.atomic import write_json, write_text
+    write_json(a.out / "head_selection.json", {"command": command, "rows": rows})
+    write_text(a.out / "head_selection.md", markdown(rows, command))
+    print(markdown(rows, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
