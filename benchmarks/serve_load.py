@@ -6,7 +6,8 @@
    concurrent asyncio clients (closed loop, keep-alive HTTP/1.1) for --seconds: throughput,
    p50/p90/p99, errors by status, and the CPU each side spent per request.
 3. Open loop at 80 % of that throughput: p50/p90/p99 (against the in-process median).
-   Phases 1-3 each run --repeats times (default 3) and report their median run.
+   Phases 1-3 run back to back as one round, --repeats rounds (default 3); each round gives its
+   own two ratios and the report gives their medians (every round kept).
 4. Memory: the server's RSS after a warm-up and again after --rss-requests more requests.
 
     python -m benchmarks.serve_load RUN/deploy --images DIR --out benchmarks/results/serve
@@ -238,80 +239,84 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in files]
 
 
-def median_run(runs: list[dict], key: str) -> dict:
-    """The run whose ``key`` is the median of ``runs`` (the middle one of an odd count), with
-    every run's value of ``key`` kept beside it under ``repeats``."""
-    order = sorted(runs, key=lambda r: r[key])
-    return {**order[len(order) // 2], "repeats": [r[key] for r in runs]}
-
-
 def run(deploy: Path, images: list[bytes], threads: int, seconds: float, rss_requests: int,
         repeats: int = 3) -> dict:
-    """Each measured phase runs ``repeats`` times and its median run is reported: on a shared
-    2-core VM the same phase's p99 varied 2-3x between back-to-back runs of unchanged code."""
+    """``repeats`` rounds, each measuring back to back the in-process rate, the served closed-loop
+    throughput and the open loop at 80 % of that throughput, so each round's two ratios compare
+    measurements about a minute apart. On this shared VM the machine's speed drifts by tens of
+    percent within minutes (the in-process rate measured 489-547 req/s in three runs a minute
+    apart), so a reference taken in a separate block of runs can be several minutes and a
+    different machine speed away from the phase it is compared with. Each ratio is reported as
+    the median of the rounds' ratios, every round kept."""
     from edge_runtime.benchmark import machine_info
-    ref = median_run([in_process(deploy, images, threads, seconds) for _ in range(repeats)], "rate")
     srv = ServerProcess(deploy, threads, queue=4 * threads)
+    rounds = []
     try:
         clients = 2 * threads
         _drive(closed_loop(srv.url, images, clients, total=100))              # warm-up
         rss0 = _rss_mb(srv.proc.pid)
-        runs = []
         for _ in range(repeats):
+            ref = in_process(deploy, images, threads, seconds)                # the server idles meanwhile
             cpu_srv, cpu_cli = _cpu_s(srv.proc.pid), time.process_time()
-            r = _drive(closed_loop(srv.url, images, clients, seconds=seconds))
-            r["cpu_ms_per_request"] = {
-                "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / r["requests"], 3),
-                "load_generator": round(1e3 * (time.process_time() - cpu_cli) / r["requests"], 3)}
-            runs.append(r)
-        served = median_run(runs, "throughput")
-        at80 = median_run([_drive(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
-                           for _ in range(repeats)], "p99_ms")
+            served = _drive(closed_loop(srv.url, images, clients, seconds=seconds))
+            served["cpu_ms_per_request"] = {
+                "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / served["requests"], 3),
+                "load_generator": round(1e3 * (time.process_time() - cpu_cli) / served["requests"], 3)}
+            at80 = _drive(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
+            rounds.append({"in_process": ref, "served": served, "at_80_percent": at80, "ratios": {
+                "throughput_served_over_in_process": round(served["throughput"] / ref["rate"], 3),
+                "p99_at_80_over_in_process_median": round(at80["p99_ms"] / ref["p50_ms"], 3)}})
         soak = _drive(closed_loop(srv.url, images, clients, total=rss_requests))
         rss1 = _rss_mb(srv.proc.pid)
     finally:
         srv.stop()
     man = json.loads((deploy / "manifest.json").read_text())
     art = next(a for a in man["artifacts"] if a["precision"] == man["default"])
+    ratios = {k: float(np.median([r["ratios"][k] for r in rounds])) for k in rounds[0]["ratios"]}
     return {
-        "kind": "edgetl-serve-load/1", "deploy": str(deploy), "artifact": art["file"], "sha256": art["sha256"],
+        "kind": "edgetl-serve-load/2", "deploy": str(deploy), "artifact": art["file"], "sha256": art["sha256"],
         "backbone": man.get("backbone", {}), "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": {"threads": threads, "clients": clients, "seconds": seconds, "images": len(images),
                    "queue": 4 * threads, "repeats": repeats,
-                   "client": "asyncio keep-alive HTTP/1.1 clients in one process on the same machine, loopback"},
-        "in_process": ref, "served": served, "at_80_percent": at80,
+                   "client": "asyncio keep-alive HTTP/1.1 clients in one process on the same machine, loopback",
+                   "rounds": "in-process, closed loop, open loop at 80 % back to back; ratios per round, median"},
+        "rounds": rounds,
         "rss_mb": {"after_warmup": round(rss0, 1), f"after_{soak['requests']}_more": round(rss1, 1),
                    "growth_percent": round(100 * (rss1 - rss0) / rss0, 2), "soak": soak},
-        "ratios": {"throughput_served_over_in_process": round(served["throughput"] / ref["rate"], 3),
-                   "p99_at_80_over_in_process_median": round(at80["p99_ms"] / ref["p50_ms"], 3)},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }
 
 
 def markdown(r: dict) -> str:
-    m, ref, s, a = r["machine"], r["in_process"], r["served"], r["at_80_percent"]
-    rss = r["rss_mb"]
+    m, rss = r["machine"], r["rss_mb"]
     after = next(k for k in rss if k.startswith("after_") and k != "after_warmup")
-    return "\n".join([
+    lines = [
         f"# edge-serve load: {r['artifact']} ({r['backbone'].get('name', '')} {r['backbone'].get('alpha', '')}"
         f"@{r['backbone'].get('size', '')})", "",
         f"{m['cpu']} ({m['cores']} cores), {m['runtime']}; {r['method']['threads']} inference threads, "
         f"{r['method']['clients']} closed-loop clients, {r['method']['seconds']} s per phase, "
         f"{r['method']['images']} JPEGs; {r['date']}", "",
-        f"Each phase ran {r['method'].get('repeats', 1)} times; each row is its median run (by rate, "
-        f"throughput, p99): rates {ref.get('repeats')}, throughputs {s.get('repeats')}, "
-        f"p99 at 80 % {a.get('repeats')}.", "",
-        "| | rate (req/s) | p50 ms | p90 ms | p99 ms | statuses |", "|---|---|---|---|---|---|",
-        f"| in-process Classifier, same threads | {ref['rate']} | {ref['p50_ms']} | {ref['p90_ms']} | {ref['p99_ms']} | - |",
-        f"| edge-serve, closed loop | {s['throughput']} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} | {s['status']} |",
-        f"| edge-serve, open loop at 80 % | {a['offered_rate']} offered | {a['p50_ms']} | {a['p90_ms']} | {a['p99_ms']} | {a['status']} |",
+        f"{len(r['rounds'])} rounds, each measuring the three phases back to back; each round's ratios compare "
+        "its own phases, and the ratios below are the medians over the rounds.", "",
+        "| round | in-process rate (req/s) | in-process p50 / p99 ms | served closed loop (req/s) | open loop at 80 %: "
+        "offered req/s | p50 / p90 / p99 ms | statuses | throughput ratio | p99 / in-process median |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for i, rd in enumerate(r["rounds"], 1):
+        ref, s, a = rd["in_process"], rd["served"], rd["at_80_percent"]
+        lines.append(f"| {i} | {ref['rate']} | {ref['p50_ms']} / {ref['p99_ms']} | {s['throughput']} | "
+                     f"{a['offered_rate']} | {a['p50_ms']} / {a['p90_ms']} / {a['p99_ms']} | {a['status']} | "
+                     f"{rd['ratios']['throughput_served_over_in_process']} | "
+                     f"{rd['ratios']['p99_at_80_over_in_process_median']} |")
+    cpu = [(rd["in_process"]["cpu_ms_per_request"], rd["served"]["cpu_ms_per_request"]) for rd in r["rounds"]]
+    lines += [
         "",
-        f"- served / in-process throughput: **{r['ratios']['throughput_served_over_in_process']}**",
-        f"- p99 at 80 % load / in-process median: **{r['ratios']['p99_at_80_over_in_process_median']}**",
-        f"- CPU per request: in-process {ref['cpu_ms_per_request']} ms; served: server process "
-        f"{s['cpu_ms_per_request']['server']} ms + load generator {s['cpu_ms_per_request']['load_generator']} ms "
-        "(same 2 cores)",
+        f"- served / in-process throughput (median of rounds): **{r['ratios']['throughput_served_over_in_process']}**",
+        f"- p99 at 80 % load / in-process median (median of rounds): **{r['ratios']['p99_at_80_over_in_process_median']}**",
+        "- CPU per request, in-process vs served (server process + load generator, same cores): "
+        + "; ".join(f"{a} vs {b['server']} + {b['load_generator']} ms" for a, b in cpu),
         f"- server RSS {rss['after_warmup']} MB after warm-up, {rss[after]} MB {after.replace('_', ' ')} requests: "
-        f"**{rss['growth_percent']:+.2f} %** (statuses {rss['soak']['status']})", ""])
+        f"**{rss['growth_percent']:+.2f} %** (statuses {rss['soak']['status']})", ""]
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -322,7 +327,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--rss-requests", type=int, default=10_000)
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each measured phase (the median is reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the three measured phases (the median ratio is reported)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/serve"))
     a = ap.parse_args(argv)
     folder = a.images

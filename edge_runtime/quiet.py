@@ -21,6 +21,7 @@ _enabled = False
 _set_level = False
 _lock = threading.RLock()
 _depth = 0
+_terminal = None   # Python's stderr while fd 2 is held back: opened once, never closed
 NOISY_MODULES = ("tensorflow", "jax")
 
 
@@ -68,7 +69,7 @@ def native_stderr(replay: bool = True):
                 sys.stderr.flush()
                 saved = os.dup(2)
                 python_stderr = sys.stderr
-                sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+                sys.stderr = _terminal_stream(saved)
                 os.dup2(held.fileno(), 2)
                 failed = False
                 try:
@@ -77,9 +78,9 @@ def native_stderr(replay: bool = True):
                     failed = True
                     raise
                 finally:
+                    sys.stderr.flush()
                     os.dup2(saved, 2)
                     os.close(saved)
-                    sys.stderr.close()
                     sys.stderr = python_stderr
                     if failed and replay:
                         held.seek(0)
@@ -87,6 +88,18 @@ def native_stderr(replay: bool = True):
                         sys.stderr.flush()
         finally:
             _depth -= 1
+
+
+def _terminal_stream(fd: int):
+    """A text stream to where fd 2 pointed when quieting first began. It stays open for the
+    life of the process: a logging handler created inside a quiet block (TensorFlow's logger
+    makes its handler on first use) keeps it as its stream and writes there after the block
+    ends; a stream closed with the block made each such later warning a "Logging error"
+    traceback."""
+    global _terminal
+    if _terminal is None:
+        _terminal = os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
+    return _terminal
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
