@@ -183,7 +183,8 @@ def scale(a) -> int:
             subprocess.run(["rm", "-rf", str(out)], check=True)
         r = _child(argv, env)
         images = 3 * -(-n // 3)
-        row = {"images": images, "seconds": r["process_wall_s"], "s_per_1000": round(1000 * r["process_wall_s"] / images, 2),
+        wall = r["process_wall_s"]
+        row = {"images": images, "seconds": wall, "s_per_1000": round(1000 * wall / images, 2),
                "trained_images": r["trained_images"], "trained_s": r["timing"]["trained_s"],
                "trained_s_per_1000": round(1000 * r["timing"]["trained_s"] / r["trained_images"], 2),
                "feature_s_per_1000": round(1000 * r["timing"]["feature_extraction_s"] / images, 2),
@@ -240,7 +241,8 @@ def scale_table(res: dict) -> str:
         m = "" if r.get("marginal_s_per_1000") is None else f"{r['marginal_s_per_1000']:.2f}"
         mv = "" if r.get("marginal_vs_4k") is None else f"{r['marginal_vs_4k']:.2f}"
         lines.append(f"| {r['images']:,} | {r['seconds']:.1f} | {r['s_per_1000']:.2f} | {r['s_per_1000_vs_4k']:.2f} | "
-                     f"{r['trained_s_per_1000']:.2f} | {r['trained_s_per_1000_vs_4k']:.2f} | {m} | {mv} | {r['feature_s_per_1000']:.2f} | {r['head_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['trained_s_per_1000']:.2f} | {r['trained_s_per_1000_vs_4k']:.2f} | {m} | {mv} | "
+                     f"{r['feature_s_per_1000']:.2f} | {r['head_s']:.1f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['rss_vs_4k']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -1,12 +1,13 @@
 """Ending a command without the interpreter's teardown of TensorFlow.
 
 Once TensorFlow is imported, a normal interpreter exit spends 1.2-1.4 s (measured on the 2-core
-box) destroying its modules and C++ singletons after the command's work is done and written:
-a user waits for nothing. A command entry point therefore finishes with ``exit_now(code)``:
-non-daemon threads are waited for and every ``atexit`` handler runs as usual (MLflow's flush, temporary
-folders, logging), the streams are flushed, then the process ends at once with the command's exit status. Nothing a
-command writes depends on teardown: every file is written and closed before its function returns
-(``edge_runtime.atomic``). Without TensorFlow loaded, the plain exit is already quick and is kept.
+box) destroying its modules and C++ singletons after the command's work is done and written: a
+user waits for nothing. A command entry point therefore finishes with ``exit_now(code)``, which
+keeps the interpreter's own exit order up to the teardown (non-daemon threads are waited for,
+every ``atexit`` handler runs: MLflow's flush, temporary folders, logging), flushes the streams
+and then ends the process at once with the command's exit status. Nothing a command writes
+depends on teardown: every file is written and closed before its function returns
+(``edge_runtime.atomic``). Without TensorFlow loaded the plain exit is already quick and is kept.
 """
 from __future__ import annotations
 

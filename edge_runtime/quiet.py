@@ -21,7 +21,7 @@ _enabled = False
 _set_level = False
 _lock = threading.RLock()
 _depth = 0
-_terminal = None   # Python's stderr while fd 2 is held back: opened once, never closed
+_terminal = None   # Python's stderr while fd 2 is held back: never closed (see _terminal_stream)
 NOISY_MODULES = ("tensorflow", "jax")
 
 
@@ -91,13 +91,13 @@ def native_stderr(replay: bool = True):
 
 
 def _terminal_stream(fd: int):
-    """A text stream to where fd 2 pointed when quieting first began. It stays open for the
-    life of the process: a logging handler created inside a quiet block (TensorFlow's logger
-    makes its handler on first use) keeps it as its stream and writes there after the block
-    ends; a stream closed with the block made each such later warning a "Logging error"
-    traceback."""
+    """A text stream to the file ``fd`` (fd 2 before it is held back) refers to, kept open for the
+    life of the process: a logging handler created inside a quiet block (TensorFlow's logger makes
+    its handler on first use) keeps it as its stream and writes there after the block ends; a
+    stream closed with the block made each such later warning a "Logging error" traceback. The
+    stream is made again (the old one left open) only if fd 2 has since been pointed elsewhere."""
     global _terminal
-    if _terminal is None:
+    if _terminal is None or not os.path.sameopenfile(_terminal.fileno(), fd):
         _terminal = os.fdopen(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace")
     return _terminal
 
