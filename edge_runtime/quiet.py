@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import importlib.util
+import logging
 import os
 import sys
 import tempfile
@@ -40,6 +41,8 @@ def enable() -> None:
         _set_level = True
     if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImport())
+    # TensorFlow's Python-side warnings (e.g. "triggered tf.function retracing") likewise; errors stay
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def show_all() -> None:
@@ -47,6 +50,7 @@ def show_all() -> None:
     os.environ["EDGETL_VERBOSE"] = "1"
     if _set_level:
         os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    logging.getLogger("tensorflow").setLevel(logging.NOTSET)
 
 
 @contextlib.contextmanager
