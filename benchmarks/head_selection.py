@@ -37,8 +37,11 @@ def cached_train_val(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     labels = (run / "labels.txt").read_text().splitlines()
     X, y = [], []
     for split in ("train", "val"):
-        X.append(np.asarray(np.load(next((run / "cache").glob(f"features_{split}_*.npy")), mmap_mode="r"),
-                            np.float32))
+        found = sorted((run / "cache").glob(f"features_{split}_*.npy"))
+        if len(found) != 1:   # none, or caches of older settings beside the current one
+            raise SystemExit(f"{run}/cache: expected one features_{split}_*.npy, found {len(found)}; "
+                             "give a finished run folder")
+        X.append(np.asarray(np.load(found[0], mmap_mode="r"), np.float32))
         y.append(np.array([labels.index(c) for _, c in read_file_list(run / "split" / f"{split}.tsv")]))
     X, y = np.concatenate(X), np.concatenate(y)
     if len(X) != len(y):
@@ -46,20 +49,11 @@ def cached_train_val(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return X, y, len(labels)
 
 
-def by_loss(grid, acc, lval) -> int:
-    return int(np.argmin(lval))
-
-
 def fit_rule(rule: str, X: np.ndarray, y: np.ndarray, n: int) -> tuple[L.LinearModel, float]:
     """``solve_head`` under one rule on (X, y); returns the refit model and the chosen L2."""
     method, criterion = rule.split("+")
     held = L._folds(y, 9, 0) == 0           # about 11 %: the validation part a split would give
-    chooser = L._choose
-    L._choose = by_loss if criterion == "loss" else chooser
-    try:
-        _, final, sel = L.solve_head(X[~held], y[~held], X[held], y[held], n, method=method)
-    finally:
-        L._choose = chooser
+    _, final, sel = L.solve_head(X[~held], y[~held], X[held], y[held], n, method=method, criterion=criterion)
     return final, sel.l2
 
 

@@ -51,9 +51,9 @@ def exit_now(code=None) -> None:
 
 
 def run_command(group) -> None:
-    """Run a click command or group as a program's entry point, ending with ``exit_now``."""
+    """Run a click command or group as a program's entry point (click's standalone mode always
+    ends in SystemExit), ending with ``exit_now``."""
     try:
         group.main(standalone_mode=True)
     except SystemExit as e:
         exit_now(e.code)
-    exit_now(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,6 @@ def test_with_tensorflow_loaded_the_exit_skips_teardown_but_keeps_status_output_
     assert p.stdout == "result line without a newline"
     assert (tmp_path / "atexit").read_text() == "ran"
     assert (tmp_path / "thread").read_text() == "done"
-    from pathlib import Path
     assert not Path((tmp_path / "tmpdir").read_text()).exists()   # finalizers ran
     assert "teardown ran" not in p.stderr                         # the interpreter's teardown did not
 

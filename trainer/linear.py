@@ -317,10 +317,16 @@ def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _choose(grid, acc, lval) -> int:
-    """Best held-out accuracy; among the settings that tie on it, the lowest held-out loss
-    (accuracy is coarse on small splits, the loss breaks its ties smoothly)."""
+CRITERIA = ("accuracy", "loss")
+
+
+def _choose(grid, acc, lval, criterion: str = "accuracy") -> int:
+    """``accuracy`` (the default): best held-out accuracy; among the settings that tie on it, the
+    lowest held-out loss (accuracy is coarse on small splits, the loss breaks its ties smoothly).
+    ``loss``: the lowest held-out loss alone (compared by benchmarks.head_selection)."""
     acc, lval = np.asarray(acc), np.asarray(lval)
+    if criterion == "loss":
+        return int(np.argmin(lval))
     close = np.nonzero(acc >= acc.max() - 1e-9)[0]
     return int(close[np.argmin(lval[close])])
 
@@ -334,14 +340,19 @@ def sample_weights(y: np.ndarray, weights: dict | None) -> np.ndarray:
 def solve_head(Ftr, ytr: np.ndarray, Fval, yval: np.ndarray, n: int,
                loss: str = "logistic", class_weights: dict | None = None, grid=L2_GRID,
                refit: bool = True, seed: int = 0, method: str = "auto",
-               min_val: int = MIN_VAL_FOR_HOLDOUT, folds: int = FOLDS) -> tuple[LinearModel, LinearModel, Selection]:
+               min_val: int = MIN_VAL_FOR_HOLDOUT, folds: int = FOLDS,
+               criterion: str = "accuracy") -> tuple[LinearModel, LinearModel, Selection]:
     """Choose L2 on held-out data, then fit. Returns (model fit on train only, final model,
     selection). The final model is refit on train+val when ``refit`` (else it is the train-only
-    fit). ``method``: "validation", "k-fold", or "auto" (k-fold when val has < ``min_val`` images).
+    fit). ``method``: "validation", "k-fold", or "auto" (k-fold when val has < ``min_val`` images);
+    ``criterion``: how the held-out scores pick L2 (see ``_choose``).
     ``Ftr``/``Fval``: arrays or memory-mapped feature files; above IN_MEMORY_BYTES they are
     streamed, never loaded whole.
     """
     import time
+
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
 
     from threadpoolctl import threadpool_limits
 
@@ -350,10 +361,11 @@ def solve_head(Ftr, ytr: np.ndarray, Fval, yval: np.ndarray, n: int,
     # they give (one thread solves flowers5's head in half the time of two on a 2-core box).
     with threadpool_limits(1, user_api="blas"):
         return _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed, method, min_val,
-                           folds, t0)
+                           folds, criterion, t0)
 
 
-def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed, method, min_val, folds, t0):
+def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed, method, min_val, folds,
+                criterion, t0):
     import time
 
     ytr, yval = np.asarray(ytr, np.int64), np.asarray(yval, np.int64)
@@ -384,7 +396,7 @@ def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed,
                 per_fold.append(_path(loss, std, Rall.subset(tr), yall[tr], wall[tr], Rall.subset(ho), yall[ho],
                                       n, grid))
             scores = [tuple(np.mean([pf[i][j] for pf in per_fold]) for j in range(2)) for i in range(len(grid))]
-        best = _choose(grid, [s[0] for s in scores], [s[1] for s in scores])
+        best = _choose(grid, [s[0] for s in scores], [s[1] for s in scores], criterion)
     l2 = grid[best]
     d = Rtr.d
     # on the validation path the train-only fit at the chosen l2 is already there
