@@ -200,7 +200,7 @@ class Reference:
     x_draft_changed: np.ndarray        # their draft-decoded pixels
     x_val: np.ndarray | None
     val_y: np.ndarray
-    val_ref: np.ndarray
+    val_ref: np.ndarray                # top-1 on x_val of the held-out twin when there is one
 
 
 def _predict(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -209,7 +209,46 @@ def _predict(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def reference(model, split, size: int, method: str, need_val: bool) -> Reference:
+def heldout_head(run: Path, model) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's train-only head (W, b) when its shipped head was refit on train+val, else None.
+    A file that does not fit the model stops the conversion: recovery would measure on a
+    different network."""
+    from trainer.model import logits_layer
+
+    path, layer = run / R.HELDOUT_HEAD, logits_layer(model)
+    if not path.exists() or layer is None:
+        return None
+    fix = f"delete it (int8 recovery then measures on the shipped model) or train again (edgetl train DATA --out {run})"
+    try:
+        with np.load(path) as z:
+            W, b = np.asarray(z["W"], np.float32), np.asarray(z["b"], np.float32)
+    except Exception as e:  # noqa: BLE001 - any damage reads the same to the user
+        raise UserError(f"{path}: damaged ({str(e).splitlines()[0][:80]}); {fix}") from None
+    shapes = [tuple(w.shape) for w in layer.get_weights()]
+    if [W.shape, b.shape] != shapes:
+        raise UserError(f"{path}: a head of shape {W.shape} for a model whose head is {shapes[0]}; {fix}")
+    return W, b
+
+
+@contextlib.contextmanager
+def head_weights(model, head: tuple[np.ndarray, np.ndarray] | None):
+    """``model`` with its head set to ``head`` (W, b) inside the block, as it was after it."""
+    if head is None:
+        yield model
+        return
+    from trainer.model import logits_layer
+
+    layer = logits_layer(model)
+    kept = layer.get_weights()
+    layer.set_weights(list(head))
+    try:
+        yield model
+    finally:
+        layer.set_weights(kept)
+
+
+def reference(model, split, size: int, method: str, need_val: bool, heldout=None) -> Reference:
+    """``heldout``: the train-only head; int8 recovery's validation reference is then its model."""
     from trainer.data.pipeline import load_arrays
 
     test_paths, test_y = split.paths_labels("test")
@@ -221,15 +260,17 @@ def reference(model, split, size: int, method: str, need_val: bool) -> Reference
     # int8 recovery chooses on the validation split only (never on the test split it is verified on)
     val_paths, val_y = split.paths_labels("val")
     x_val = load_arrays(val_paths, size, method) if need_val else None
-    val_ref = _predict(model, x_val) if x_val is not None else np.zeros(0, np.int64)
+    with head_weights(model, heldout):
+        val_ref = _predict(model, x_val) if x_val is not None else np.zeros(0, np.int64)
     return Reference(test_y=test_y, x_test=x_test, keras_pred=keras_pred,
                      keras_acc=float((keras_pred == test_y).mean()) if len(test_y) else 0.0,
                      draft_changed=changed, x_draft_changed=x_draft, x_val=x_val, val_y=val_y, val_ref=val_ref)
 
 
 def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels: list[str], threads,
-                    int8_recovery: bool, verbose: bool, run: Path):
-    """One precision's .tflite flatbuffer (int8: with recovery) and what recovery chose."""
+                    int8_recovery: bool, verbose: bool, run: Path, twin: Path | None = None):
+    """One precision's .tflite flatbuffer (int8: with recovery) and what recovery chose.
+    ``twin``: the SavedModel of the held-out twin, which int8 recovery measures on."""
     from .int8 import CANDIDATES, quantize_with_recovery
 
     try:
@@ -237,9 +278,12 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
             conv = _converter(src, prec, io, calib)
             if prec != "int8":
                 return conv.convert(), None
-            return quantize_with_recovery(conv, io, ref.x_val, ref.val_y, ref.val_ref, labels, threads=threads,
-                                          candidates=CANDIDATES if int8_recovery else 0,
-                                          log=_log, detail=_log if verbose else lambda m: None)
+            kw = dict(threads=threads, candidates=CANDIDATES if int8_recovery else 0,
+                      log=_log, detail=_log if verbose else lambda m: None)
+            if twin is not None:
+                return quantize_with_recovery(_converter(twin, prec, io, calib), io, ref.x_val, ref.val_y,
+                                              ref.val_ref, labels, ship_converter=conv, **kw)
+            return quantize_with_recovery(conv, io, ref.x_val, ref.val_y, ref.val_ref, labels, **kw)
     except Exception as e:
         raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
 
@@ -354,7 +398,8 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     split = Split.of_run(run, data_root)
     tpaths, ty = split.paths_labels("train")
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
-    ref = reference(model, split, size, method, need_val="int8" in precisions)
+    heldout = heldout_head(run, model) if "int8" in precisions else None
+    ref = reference(model, split, size, method, need_val="int8" in precisions, heldout=heldout)
 
     # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
     # sees the old deploy folder or the new one, never a mix of two conversions
@@ -364,11 +409,16 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             # every artifact ends in probabilities: int8 keeps its SOFTMAX in float (see converter.int8)
             src = Path(tmp) / "saved_model"
             export_saved_model(model, src)
+            twin = None
+            if heldout is not None:   # int8 recovery measures on it (see converter.int8)
+                twin = Path(tmp) / "saved_model_heldout"
+                with head_weights(model, heldout):
+                    export_saved_model(model, twin)
             for prec in precisions:
                 interrupted.check()
                 t0 = time.time()
                 blob, choice = _artifact_bytes(src, prec, io, representative_dataset(calib_paths, size, method),
-                                               ref, labels, threads, int8_recovery, verbose, run)
+                                               ref, labels, threads, int8_recovery, verbose, run, twin)
                 blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
                                 name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",

@@ -4,7 +4,9 @@ Post-training int8 of a MobileNet-class body loses a little everywhere: each lay
 error is small, but a classifier with a handful of classes flips the images whose top two scores
 are close. The converter therefore
 1. calibrates once on training images (the representative dataset),
-2. measures how often the plain int8 model agrees with the float model on the validation split,
+2. measures how often the plain int8 model agrees with the float model on the validation split
+   (when the shipped head was refit on train+val, on its held-out twin: the same network with
+   the head fit on train only, so the validation images are new to it; see ``quantize_with_recovery``),
 3. ranks layers by their own quantization error (TFLite's QuantizationDebugger: RMSE of each
    layer's int8 output against its float output, in units of the layer's quantization step), and
 4. only when agreement is below the target, tries the worst layers in float one at a time
@@ -41,6 +43,9 @@ class Int8Choice:
     tried: list[dict] = field(default_factory=list)
     latency_ms: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # what the validation agreement was measured on: "shipped model", or "held-out twin" (the
+    # same network with its head fit on train only, for a head refit on train+val)
+    measured_on: str = "shipped model"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +112,14 @@ def _score(pred, ref, y) -> dict:
             "accuracy": float((pred == y).mean()) if len(y) else 0.0}
 
 
+def calibrate(converter) -> bytes:
+    """The calibrated (not yet quantized) model: the converter's float graph with the ranges its
+    representative dataset produced, as ``_quantize`` takes it (what QuantizationDebugger does)."""
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True   # noqa: SLF001 - the step TFLite's debugger uses too
+    return converter.convert()
+
+
 def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
     """Calibrate with ``converter`` and measure each layer's int8 error on ``x_debug``.
     Returns (calibrated model, layers sorted worst first)."""
@@ -136,19 +149,29 @@ def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
 
 def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndarray, ref_val: np.ndarray,
                            labels: list[str], target: float = TARGET_AGREEMENT, candidates: int = CANDIDATES,
-                           threads=None, log=lambda m: None, detail=lambda m: None) -> tuple[bytes, Int8Choice]:
+                           threads=None, log=lambda m: None, detail=lambda m: None,
+                           ship_converter=None) -> tuple[bytes, Int8Choice]:
     """``converter``: a TFLiteConverter set up for int8 (optimizations + representative dataset).
     ``x_val``/``y_val``: validation images and labels; ``ref_val``: the float model's top-1 on them;
     ``labels``: the class names (candidates are bare .tflite files).
     ``log`` gets the summary lines, ``detail`` the per-layer ones (--verbose).
+    ``ship_converter``: the model to ship, when ``converter`` (and ``ref_val``) are its held-out
+    twin. A head refit on train+val has trained on the validation images, and a model agrees with
+    its int8 version more often on its own training images (their top two scores are further
+    apart): flowers5 MobileNetV2 plain int8 agreed on 0.983 of them against 0.970 for the twin, so
+    recovery chose as if two layers bought 0.993, and the shipped model agreed on 0.988 of the
+    test split. So every choice is measured on the twin, whose head has not seen them, and
+    the layers it keeps in float are then kept in the shipped model (same layers, same
+    calibration images).
     Returns the chosen model and what was measured."""
     t0 = time.time()
     calibrated, worst = layer_errors(converter, x_val[:DEBUG_IMAGES])
     with _Candidates(threads, labels) as cands:
         plain = _quantize(calibrated, io, [])
         plain_score = _score(cands.top1(plain, x_val), ref_val, y_val)
+        twin = " (head fit on train only: images it has not seen)" if ship_converter is not None else ""
         log(f"int8 recovery: plain int8 agrees with float on {plain_score['agreement']:.4f} of "
-            f"{len(y_val)} validation images (target {target})")
+            f"{len(y_val)} validation images{twin} (target {target})")
         for r in worst[:REPORT_LAYERS]:
             detail(f"  layer error {r['rmse_over_scale']:7.3f} steps  {r['op']:<18} {r['tensor'][:90]}")
         blob, chosen, floats, tried = plain, plain_score, [], []
@@ -169,10 +192,15 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
         if floats:
             log(f"int8 recovery: {len(floats)} layer(s) kept in float -> validation agreement "
                 f"{chosen['agreement']:.4f}")
+        if ship_converter is not None:
+            shipped = calibrate(ship_converter)
+            plain = _quantize(shipped, io, [])
+            blob = _quantize(shipped, io, floats) if floats else plain
         latency = {"plain_int8": cands.invoke_ms(plain)}
         if floats:
             latency["chosen"] = cands.invoke_ms(blob)
     choice = Int8Choice(target_agreement=target, val_n=int(len(y_val)), plain=plain_score, chosen=chosen,
                         float_layers=floats, worst_layers=worst[:REPORT_LAYERS], tried=tried,
-                        latency_ms=latency, seconds=round(time.time() - t0, 1))
+                        latency_ms=latency, seconds=round(time.time() - t0, 1),
+                        measured_on="held-out twin" if ship_converter is not None else "shipped model")
     return blob, choice

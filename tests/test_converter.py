@@ -51,7 +51,8 @@ def test_existing_artifacts_need_force(small_run, deployed):
     assert r.returncode == 2 and "--force" in r.stderr and "model_int8.tflite" in r.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "no_model", "corrupt", "empty_labels", "no_calibration"])
+@pytest.mark.parametrize("case", ["missing", "no_model", "corrupt", "empty_labels", "no_calibration",
+                                  "damaged_twin", "mismatched_twin"])
 def test_bad_runs_give_one_line_errors(small_run, tmp_path, case):
     run = tmp_path / "run"
     if case != "missing":
@@ -62,7 +63,12 @@ def test_bad_runs_give_one_line_errors(small_run, tmp_path, case):
             (run / "model.keras").write_bytes(b"PK\x03\x04 not really a keras file")
         elif case == "empty_labels":
             (run / "labels.txt").write_text("")
-    extra = ["--int8", "--calibration-samples", "0"] if case == "no_calibration" else []
+        elif case == "damaged_twin":
+            (run / "heldout_head.npz").write_bytes(b"PK\x03\x04 cut short")
+        elif case == "mismatched_twin":
+            np.savez(run / "heldout_head.npz", W=np.zeros((7, 2), np.float32), b=np.zeros(2, np.float32))
+    extra = {"no_calibration": ["--int8", "--calibration-samples", "0"],
+             "damaged_twin": ["--int8"], "mismatched_twin": ["--int8"]}.get(case, [])
     r = run_cli("edgetl", "convert", run, *extra)
     assert r.returncode == 2, r.stderr[-2000:]
     err = [l for l in r.stderr.splitlines() if l.startswith("error:")]

@@ -130,3 +130,78 @@ def test_convert_records_int8_recovery_and_per_layer_error(deployed):
     assert errs == sorted(errs, reverse=True)
     assert q["chosen"]["agreement"] >= q["plain"]["agreement"]
     assert "plain_int8" in q["latency_ms"]
+
+
+@pytest.mark.slow
+def test_a_refit_head_keeps_its_train_only_twin_beside_the_model(small_run):
+    """The refit head has trained on the validation images; the run keeps the head fit on train
+    alone (what the solver chose before the refit) for int8 recovery to measure against."""
+    from trainer.data.split import Split
+    from trainer.evaluate import load_run_model
+    from trainer.model import logits_layer
+
+    sel = R.read_json(small_run / R.METRICS)["head"]
+    assert sel["refit"]
+    with np.load(small_run / R.HELDOUT_HEAD) as z:
+        W, b = z["W"], z["b"]
+    shipped_W, _ = logits_layer(load_run_model(small_run)).get_weights()
+    assert W.shape == shipped_W.shape and not np.allclose(W, shipped_W)
+    split = Split.of_run(small_run)
+    F = {s: np.load(next((small_run / R.CACHE).glob(f"features_{s}_*.npy"))) for s in ("train", "val")}
+    train_only, _, again = solve_head(F["train"], split.paths_labels("train")[1], F["val"],
+                                      split.paths_labels("val")[1], W.shape[1])
+    assert again.l2 == sel["l2"]
+    np.testing.assert_allclose(W, train_only.W, atol=1e-5)
+    np.testing.assert_allclose(b, train_only.b, atol=1e-5)
+
+
+def test_a_head_that_never_saw_validation_leaves_no_twin(tmp_path):
+    """Trained on train only (no refit, the SGD head, fine-tuning), the model is its own held-out
+    version: a twin left by an earlier training of the run would describe another head."""
+    from trainer.train import _save_heldout_head
+
+    _save_heldout_head(tmp_path, LinearModel(W=np.ones((4, 2), np.float32), b=np.zeros(2, np.float32)), 2.0)
+    with np.load(tmp_path / R.HELDOUT_HEAD) as z:
+        assert (z["W"] == 2).all()       # an SVM head's temperature is part of the head
+    _save_heldout_head(tmp_path, None)
+    assert not (tmp_path / R.HELDOUT_HEAD).exists()
+
+
+@pytest.mark.slow
+def test_recovery_measures_on_the_twin_and_returns_the_model_to_ship(small_run, tmp_path):
+    """A twin whose head names the classes in reverse order: recovery's agreement is measured
+    against the twin's own float predictions, and the model it returns is the shipped one."""
+    from converter.calibration import representative_dataset
+    from converter.convert import _converter, _predict, export_saved_model, head_weights, reference
+    from converter.int8 import quantize_with_recovery
+    from edge_runtime.classifier import Classifier
+    from trainer.data.split import Split
+    from trainer.evaluate import load_run_model
+    from trainer.model import logits_layer
+
+    model = load_run_model(small_run)
+    shipped = [w.copy() for w in logits_layer(model).get_weights()]
+    twin = (shipped[0][:, ::-1].copy(), shipped[1][::-1].copy())
+    split, labels, method = Split.of_run(small_run), R.read_labels(small_run), R.read_resize(small_run)
+    size = int(model.inputs[0].shape[1])
+    ref = reference(model, split, size, method, need_val=True, heldout=twin)
+    assert (ref.val_ref != _predict(model, ref.x_val)).mean() > 0.3          # the twin's predictions
+    assert all(np.array_equal(a, b) for a, b in zip(logits_layer(model).get_weights(), shipped))
+    export_saved_model(model, tmp_path / "ship")
+    with head_weights(model, twin):
+        export_saved_model(model, tmp_path / "twin")
+    calib = representative_dataset(split.paths_labels("train")[0][:20], size, method)
+    blob, choice = quantize_with_recovery(_converter(tmp_path / "twin", "int8", "uint8", calib), "uint8",
+                                          ref.x_val, ref.val_y, ref.val_ref, labels,
+                                          ship_converter=_converter(tmp_path / "ship", "int8", "uint8", calib))
+    assert choice.measured_on == "held-out twin" and choice.plain["agreement"] >= 0.8
+    (tmp_path / "m.tflite").write_bytes(blob)
+    top1 = Classifier(tmp_path / "m.tflite", labels=labels).top1(ref.x_test)
+    assert (top1 == ref.keras_pred).mean() >= 0.8
+
+
+@pytest.mark.slow
+def test_convert_says_recovery_was_measured_on_the_held_out_twin(deployed):
+    q = next(a for a in R.read_json(deployed / "manifest.json")["artifacts"]
+             if a["precision"] == "int8")["quantization"]
+    assert q["measured_on"] == "held-out twin"

@@ -59,6 +59,15 @@ def make_head(width: int, num_classes: int, dropout: float, l2: float):
     ], name="head")
 
 
+def logits_layer(model):
+    """The head's Dense layer in a whole model (as built, or loaded from model.keras), or None
+    for a model that is not edgetl's (backbone + ``head`` + softmax)."""
+    try:
+        return model.get_layer("head").get_layer("logits")
+    except (ValueError, AttributeError):
+        return None
+
+
 _BLOCK = re.compile(r"^(block_?\d+[a-z]?|expanded_conv(?:_\d+)?|stage\d+_block\d+|blocks?_\d+_\d+)")
 
 

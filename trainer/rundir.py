@@ -6,6 +6,8 @@
     RUN/history.json      per-epoch metrics of each phase
     RUN/metrics.json      {"test": {...}, "val": {...}} from `edgetl eval`
     RUN/model.keras       the trained model: RGB 0..255 in, class probabilities out
+    RUN/heldout_head.npz  the head fit on train only (W, b) when model.keras's head was refit on
+                          train+val: int8 recovery compares with it on validation images it never saw
     RUN/plots/            curves, confusion matrix, ROC, prediction grid
     RUN/predictions/      per-image test scores (test.npz) for ROC overlays and run comparison
     RUN/logs/             TensorBoard event files, one folder per phase
@@ -31,6 +33,7 @@ SPLIT = "split"
 HISTORY = "history.json"
 METRICS = "metrics.json"
 MODEL = "model.keras"
+HELDOUT_HEAD = "heldout_head.npz"
 PLOTS = "plots"
 CACHE = "cache"
 CHECKPOINTS = "checkpoints"

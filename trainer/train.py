@@ -201,12 +201,27 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | No
     if run is not None:
         from .tblog import write_l2_selection
         write_l2_selection(run, sel.to_dict())
+        _save_heldout_head(run, train_only if sel.refit else None, sel.extra.get("temperature", 1.0))
     i = sel.grid.index(sel.l2)
     _log(f"head: L-BFGS {loss}, L2 {sel.l2:.3g} chosen by {sel.method}"
          f"{f' ({sel.folds} folds)' if sel.method == 'k-fold' else ''}, held-out accuracy "
          f"{sel.val_accuracy[i]:.4f}; {'refit on train+val' if sel.refit else 'fit on train'} "
          f"({sel.n_fit} images) in {sel.seconds:.1f}s")
     return {"solver": "lbfgs", "selection": sel.to_dict()}
+
+
+def _save_heldout_head(run: Path, train_only, temperature: float = 1.0) -> None:
+    """Keep the train-only head beside a head refit on train+val (``train_only``; None: the head
+    never saw the validation split, and a file left by an earlier training of this run goes).
+    The validation images are training data of a refit head, so its int8 and float twins agree
+    on them more often than on new photos (measured on flowers5 MobileNetV2: 0.983 against 0.970
+    held out); the converter measures int8 agreement against this head instead."""
+    path = run / R.HELDOUT_HEAD
+    if train_only is None:
+        path.unlink(missing_ok=True)
+        return
+    R.write_npz(path, W=(train_only.W * temperature).astype(np.float32),
+                b=(train_only.b * temperature).astype(np.float32))
 
 
 def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | None = None) -> dict:
@@ -245,6 +260,8 @@ def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path
         t = calibrate_temperature(F["val"] @ W + b, Y["val"])
         dense.set_weights([W * t, b * t])
     parts.head.set_weights(head.get_weights())
+    if run is not None:
+        _save_heldout_head(run, None)   # trained on train only: validation is already held out
     hist = {k: [float(x) for x in v] for k, v in h.history.items()}
     hist["solver"] = "sgd"
     hist["best_epoch"] = best.epoch + 1
