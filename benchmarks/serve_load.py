@@ -208,18 +208,23 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) 
     """One request every 1/rate s, whatever the answers do (latency at a given offered load);
     idle keep-alive connections are reused, new ones opened when all are busy."""
     host, port = _host_port(url)
-    lat, statuses, idle = [], {}, []
+    lat, statuses, idle, parts = [], {}, [], []
 
     async def one(k: int):
         conn = idle.pop() if idle else Connection(host, port)
         t = time.perf_counter()
+        split = None
         try:
-            key = str((await conn.post("/v1/classify", images[k % len(images)]))[0])
+            code, body = await conn.post("/v1/classify", images[k % len(images)])
+            key = str(code)
             idle.append(conn)
+            if code == 200:
+                split = json.loads(body)["latency_ms"]
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             key = type(e).__name__
             conn.close()
         lat.append(time.perf_counter() - t)
+        parts.append(split)
         statuses[key] = statuses.get(key, 0) + 1
     tasks, t0 = [], time.perf_counter()
     for k in range(int(rate * seconds)):
@@ -229,7 +234,31 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) 
     for c in idle:
         c.close()
     return {"offered_rate": round(rate, 2), "requests": len(lat), "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90),
-            "p99_ms": _pct(lat, 99), "status": statuses}
+            "p99_ms": _pct(lat, 99), "status": statuses, "tail": tail_breakdown(lat, parts)}
+
+
+def tail_breakdown(lat: list[float], parts: list[dict | None], share: float = 0.01) -> dict:
+    """Where the slowest ``share`` of the answered requests spent their time, in mean ms, next to
+    the same for the median request's neighbours: waiting for an inference thread (queue), the
+    work itself (decode + resize + invoke), the rest of the server's handler, and outside the
+    handler (HTTP parsing, both event loops waiting for a core, loopback). Each answer carries
+    the server's own split (``latency_ms``)."""
+    rows = [(l * 1e3, p) for l, p in zip(lat, parts) if p]
+    if not rows:
+        return {}
+    rows.sort(key=lambda r: r[0])
+
+    def mean_split(sel):
+        q = np.mean([p.get("queue", 0.0) for _, p in sel])
+        work = np.mean([p.get("decode", 0.0) + p.get("resize", 0.0) + p.get("invoke", 0.0) for _, p in sel])
+        handler = np.mean([p["total"] for _, p in sel])
+        total = np.mean([l for l, _ in sel])
+        return {"n": len(sel), "total": round(float(total), 3), "queue": round(float(q), 3),
+                "work": round(float(work), 3), "handler_rest": round(float(handler - q - work), 3),
+                "outside_handler": round(float(total - handler), 3)}
+    k = max(1, int(round(share * len(rows))))
+    mid = len(rows) // 2
+    return {"slowest_1_percent": mean_split(rows[-k:]), "median_band": mean_split(rows[max(0, mid - k // 2): mid + k // 2 + 1])}
 
 
 def load_images(folder: Path, limit: int) -> list[bytes]:
@@ -307,6 +336,17 @@ def markdown(r: dict) -> str:
                      f"{a['offered_rate']} | {a['p50_ms']} / {a['p90_ms']} / {a['p99_ms']} | {a['status']} | "
                      f"{rd['ratios']['throughput_served_over_in_process']} | "
                      f"{rd['ratios']['p99_at_80_over_in_process_median']} |")
+    tails = [rd["at_80_percent"].get("tail", {}) for rd in r["rounds"]]
+    if all(tails):
+        lines += ["", "Where the time went at 80 % load (mean ms; server-side split from each answer): the slowest "
+                  "1 % of requests against the requests around the median.", "",
+                  "| round | band | total | queue (waiting for a thread) | decode + resize + invoke | rest of handler | "
+                  "outside handler (HTTP, event loops, loopback) |", "|---|---|---|---|---|---|---|"]
+        for i, t in enumerate(tails, 1):
+            for band in ("median_band", "slowest_1_percent"):
+                b = t[band]
+                lines.append(f"| {i} | {band.replace('_', ' ')} ({b['n']}) | {b['total']} | {b['queue']} | "
+                             f"{b['work']} | {b['handler_rest']} | {b['outside_handler']} |")
     cpu = [(rd["in_process"]["cpu_ms_per_request"], rd["served"]["cpu_ms_per_request"]) for rd in r["rounds"]]
     lines += [
         "",

@@ -485,3 +485,19 @@ def test_several_worker_processes_serve_and_all_take_a_swap(deployed, tmp_path):
             assert served >= 30   # summed over both processes
     finally:
         srv.stop()
+
+
+def test_the_load_benchmark_splits_the_slowest_answers_time_by_where_it_went():
+    """serve_load's tail table: the slowest 1 % against the median band, each answer's client
+    time split by the server's own latency_ms (queue, work, rest of handler, outside it)."""
+    from benchmarks.serve_load import tail_breakdown
+
+    lat = [0.004] * 198 + [0.020, 0.030]                 # seconds, as the load generator measures
+    fast = {"queue": 0.1, "decode": 0.5, "resize": 0.4, "invoke": 2.0, "total": 3.2}
+    slow = {"queue": 12.0, "decode": 0.5, "resize": 0.5, "invoke": 2.0, "total": 15.5}
+    t = tail_breakdown(lat, [fast] * 198 + [slow, slow])
+    s, m = t["slowest_1_percent"], t["median_band"]
+    assert s["n"] == 2 and s["total"] == 25.0 and s["queue"] == 12.0 and s["work"] == 3.0
+    assert s["handler_rest"] == 0.5 and s["outside_handler"] == 9.5
+    assert m["total"] == 4.0 and m["outside_handler"] == 0.8
+    assert tail_breakdown([0.5], [None]) == {}           # a refused request has no split
