@@ -213,9 +213,9 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | No
 def _save_heldout_head(run: Path, train_only, temperature: float = 1.0) -> None:
     """Keep the train-only head beside a head refit on train+val (``train_only``; None: the head
     never saw the validation split, and a file left by an earlier training of this run goes).
-    The validation images are training data of a refit head, so its int8 and float twins agree
-    on them more often than on new photos (measured on flowers5 MobileNetV2: 0.983 against 0.970
-    held out); the converter measures int8 agreement against this head instead."""
+    The validation images are training data of a refit head, so its int8 version agrees with it
+    on them more often than on new photos (flowers5 MobileNetV2: 0.983, against 0.970 for this
+    head, which never saw them); the converter's int8 recovery measures on this head instead."""
     path = run / R.HELDOUT_HEAD
     if train_only is None:
         path.unlink(missing_ok=True)
