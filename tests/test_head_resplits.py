@@ -1,0 +1,43 @@
+"""The re-drawn-splits benchmark: how much of a head's test accuracy is the split it was given."""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.head_resplits import compare, draw
+
+
+def _fake_run(tmp_path, classes=("a", "b", "c"), counts=(("train", 48), ("val", 6), ("test", 6))):
+    """A finished run's folder as the benchmark reads it: labels, split lists, cached features
+    (overlapping Gaussian classes, so no head is perfect)."""
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    (run / "split").mkdir(parents=True)
+    (run / "cache").mkdir()
+    (run / "labels.txt").write_text("\n".join(classes) + "\n")
+    centres = rng.normal(0, 1.2, (len(classes), 16))
+    for split, count in counts:
+        names = [(f"{c}/{split}{i}.jpg", c) for c in classes for i in range(count)]
+        (run / "split" / f"{split}.tsv").write_text(f"# root\t{tmp_path}\n" + "".join(f"{p}\t{c}\n" for p, c in names))
+        X = np.stack([centres[classes.index(c)] + rng.normal(0, 1, 16) for _, c in names]).astype(np.float32)
+        np.save(run / "cache" / f"features_{split}_0.npy", X)
+    return run
+
+
+def test_each_draw_is_a_stratified_80_10_10_split_of_its_own():
+    y = np.repeat([0, 1, 2], [100, 50, 30])
+    a, b = draw(y, 0), draw(y, 1)
+    for c, n in ((0, 100), (1, 50), (2, 30)):
+        assert np.bincount(a[y == c], minlength=3).tolist() == [int(0.8 * n), int(0.9 * n) - int(0.8 * n),
+                                                                 n - int(0.9 * n)]
+    assert np.array_equal(a, draw(y, 0)) and not np.array_equal(a, b)
+
+
+def test_every_head_is_trained_and_scored_on_each_draw(tmp_path):
+    r = compare(_fake_run(tmp_path), draws=2)
+    assert r["images"] == 180 and r["test_images_per_draw"] == 18 and r["draws"] == 2
+    assert set(r["heads"]) == {"lbfgs", "sgd", "reference"}
+    for h, s in r["heads"].items():
+        assert len(s["accuracy"]) == 2 and s["min"] <= s["mean"] <= s["max"]
+        assert s["mean"] > 1 / 3 + 0.15            # learned something: well above chance
+        if h != "lbfgs":
+            assert "minus_lbfgs_mean" in s
