@@ -97,7 +97,10 @@ def reference_head(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel | None:
         acc = [(LogisticRegression(C=C, max_iter=3000).fit(Xtr, ytr).predict(Xva) == yva).mean() for C in REFERENCE_C]
         C = REFERENCE_C[int(np.argmax(acc))]
         m = LogisticRegression(C=C, max_iter=3000).fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
-    return L.LinearModel(W=m.coef_.T.astype(np.float32), b=m.intercept_.astype(np.float32))
+    W, b = m.coef_.T, m.intercept_
+    if W.shape[1] == 1:   # two classes: scikit-learn keeps one logit (class 1 against class 0)
+        W, b = np.hstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+    return L.LinearModel(W=W.astype(np.float32), b=b.astype(np.float32))
 
 
 HEADS = {"lbfgs": lbfgs_head, "sgd": sgd_head, "reference": reference_head}

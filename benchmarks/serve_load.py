@@ -237,8 +237,8 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) 
             "p99_ms": _pct(lat, 99), "status": statuses, "tail": tail_breakdown(lat, parts)}
 
 
-def tail_breakdown(lat: list[float], parts: list[dict | None], share: float = 0.01) -> dict:
-    """Where the slowest ``share`` of the answered requests spent their time, in mean ms, next to
+def tail_breakdown(lat: list[float], parts: list[dict | None]) -> dict:
+    """Where the slowest 1 % of the answered requests spent their time, in mean ms, next to
     the same for the median request's neighbours: waiting for an inference thread (queue), the
     work itself (decode + resize + invoke), the rest of the server's handler, and outside the
     handler (HTTP parsing, both event loops waiting for a core, loopback). Each answer carries
@@ -256,7 +256,7 @@ def tail_breakdown(lat: list[float], parts: list[dict | None], share: float = 0.
         return {"n": len(sel), "total": round(float(total), 3), "queue": round(float(q), 3),
                 "work": round(float(work), 3), "handler_rest": round(float(handler - q - work), 3),
                 "outside_handler": round(float(total - handler), 3)}
-    k = max(1, int(round(share * len(rows))))
+    k = max(1, int(round(0.01 * len(rows))))
     mid = len(rows) // 2
     return {"slowest_1_percent": mean_split(rows[-k:]), "median_band": mean_split(rows[max(0, mid - k // 2): mid + k // 2 + 1])}
 

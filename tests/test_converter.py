@@ -74,6 +74,8 @@ def test_bad_runs_give_one_line_errors(small_run, tmp_path, case):
     err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "Traceback" not in r.stderr
     assert ("--calibration-samples 0" if case == "no_calibration" else str(run)) in err[0]
+    if case.endswith("_twin"):
+        assert "heldout_head.npz" in err[0] and "delete it" in err[0]
     assert not (run / "deploy").exists() or not any((run / "deploy").iterdir())   # nothing half-written
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.head_resplits import compare, draw
 
@@ -32,12 +33,14 @@ def test_each_draw_is_a_stratified_80_10_10_split_of_its_own():
     assert np.array_equal(a, draw(y, 0)) and not np.array_equal(a, b)
 
 
-def test_every_head_is_trained_and_scored_on_each_draw(tmp_path):
-    r = compare(_fake_run(tmp_path), draws=2)
-    assert r["images"] == 180 and r["test_images_per_draw"] == 18 and r["draws"] == 2
+@pytest.mark.parametrize("classes", [("a", "b", "c"), ("cat", "dog")])
+def test_every_head_is_trained_and_scored_on_each_draw(tmp_path, classes):
+    r = compare(_fake_run(tmp_path, classes), draws=2)
+    k = len(classes)
+    assert r["images"] == 60 * k and r["test_images_per_draw"] == 6 * k and r["draws"] == 2
     assert set(r["heads"]) == {"lbfgs", "sgd", "reference"}
     for h, s in r["heads"].items():
         assert len(s["accuracy"]) == 2 and s["min"] <= s["mean"] <= s["max"]
-        assert s["mean"] > 1 / 3 + 0.15            # learned something: well above chance
+        assert s["mean"] > 1 / k + 0.15            # learned something: well above chance
         if h != "lbfgs":
             assert "minus_lbfgs_mean" in s
