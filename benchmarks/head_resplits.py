@@ -30,27 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.head_selection import cached_features
 from trainer import linear as L
 
 REFERENCE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 FRACTIONS = (0.8, 0.1)      # train, val; the rest is test (as `edgetl train` splits)
 SEED_BASE = 1000
-
-
-def cached_features(run: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every photo of a finished run (train, val and test caches) with its label."""
-    from edge_runtime.filelist import read_file_list
-
-    labels = (run / "labels.txt").read_text().splitlines()
-    X, y = [], []
-    for split in ("train", "val", "test"):
-        found = sorted((run / "cache").glob(f"features_{split}_*.npy"))
-        if len(found) != 1:
-            raise SystemExit(f"{run}/cache: expected one features_{split}_*.npy, found {len(found)}; "
-                             "give a finished run folder (its cache kept)")
-        X.append(np.asarray(np.load(found[0], mmap_mode="r"), np.float32))
-        y.append(np.array([labels.index(c) for _, c in read_file_list(run / "split" / f"{split}.tsv")]))
-    return np.concatenate(X), np.concatenate(y), labels
 
 
 def draw(y: np.ndarray, seed: int) -> np.ndarray:
@@ -109,14 +94,14 @@ HEADS = {"lbfgs": lbfgs_head, "sgd": sgd_head, "reference": reference_head}
 def compare(run: Path, draws: int, heads=tuple(HEADS)) -> dict:
     from trainer import rundir as R
 
-    X, y, labels = cached_features(run)
+    X, y, n = cached_features(run, ("train", "val", "test"))
     per = {h: [] for h in heads}
     t = time.time()
     for seed in range(draws):
         part = draw(y, seed)
         sets = [(X[part == k], y[part == k]) for k in (0, 1, 2)]
         for h in heads:
-            model = HEADS[h](sets[0][0], sets[0][1], sets[1][0], sets[1][1], len(labels))
+            model = HEADS[h](sets[0][0], sets[0][1], sets[1][0], sets[1][1], n)
             if model is not None:
                 per[h].append(float((model.scores(sets[2][0]).argmax(1) == sets[2][1]).mean()))
         print(f"{run.name} draw {seed}: " + "  ".join(f"{h} {v[-1]:.4f}" for h, v in per.items() if v), flush=True)
@@ -164,10 +149,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"--heads: unknown {unknown}; use some of {','.join(HEADS)}")
     results = [compare(run, a.draws, heads) for run in a.runs]
     command = " ".join(["python -m benchmarks.head_resplits", *(argv or sys.argv[1:])])
-    from edge_runtime.atomic import write_json, write_text
-    write_json(a.out / "head_resplits.json", {"command": command, "results": results})
-    write_text(a.out / "head_resplits.md", markdown(results, command))
-    print(markdown(results, command))
+    from benchmarks.report import save_report
+    save_report(a.out, "head_resplits", {"command": command, "results": results}, markdown(results, command))
     return 0
 
 

@@ -32,15 +32,21 @@ OUTER_FOLDS, OUTER_SEED = 5, 12345
 def cached_train_val(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """A finished run's cached train and val features with their labels (the test split's cache
     is never opened)."""
+    return cached_features(run, ("train", "val"))
+
+
+def cached_features(run: Path, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int]:
+    """A finished run's cached features of ``splits`` (in that order) with their labels, and the
+    number of classes."""
     from edge_runtime.filelist import read_file_list
 
     labels = (run / "labels.txt").read_text().splitlines()
     X, y = [], []
-    for split in ("train", "val"):
+    for split in splits:
         found = sorted((run / "cache").glob(f"features_{split}_*.npy"))
         if len(found) != 1:   # none, or caches of older settings beside the current one
             raise SystemExit(f"{run}/cache: expected one features_{split}_*.npy, found {len(found)}; "
-                             "give a finished run folder")
+                             "give a finished run folder (its cache kept)")
         X.append(np.asarray(np.load(found[0], mmap_mode="r"), np.float32))
         y.append(np.array([labels.index(c) for _, c in read_file_list(run / "split" / f"{split}.tsv")]))
     X, y = np.concatenate(X), np.concatenate(y)
@@ -97,10 +103,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = [r for run in a.runs for r in nested(run, a.rules.split(","))]
     command = " ".join(["python -m benchmarks.head_selection", *(argv or sys.argv[1:])])
-    from edge_runtime.atomic import write_json, write_text
-    write_json(a.out / "head_selection.json", {"command": command, "rows": rows})
-    write_text(a.out / "head_selection.md", markdown(rows, command))
-    print(markdown(rows, command))
+    from benchmarks.report import save_report
+    save_report(a.out, "head_selection", {"command": command, "rows": rows}, markdown(rows, command))
     return 0
 
 

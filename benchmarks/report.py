@@ -17,6 +17,16 @@ COLUMNS = ["backbone", "size", "precision", "weights", "status", "size_mb", "top
            "raw_1t_ms", "raw_1t_p90", "raw_nt_ms", "raw_nt_p90", "e2e_nt_ms", "fps", "ratio", "xnnpack"]
 
 
+def save_report(out: Path, name: str, result: dict, md: str) -> None:
+    """A benchmark's result as ``out/name.json`` beside its table ``out/name.md`` (each written
+    atomically), and the table on stdout."""
+    from edge_runtime.atomic import write_json
+
+    write_json(Path(out) / f"{name}.json", result)
+    write_text(Path(out) / f"{name}.md", md)
+    print(md)
+
+
 def _atomic(path: Path, text_or_bytes) -> None:
     (write_bytes if isinstance(text_or_bytes, bytes) else write_text)(path, text_or_bytes)
 

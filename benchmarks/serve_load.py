@@ -380,11 +380,8 @@ def main(argv=None):
         images = load_images(folder, a.limit)
     r = run(a.deploy, images, a.threads, a.seconds, a.rss_requests, a.repeats)
     r["command"] = " ".join(["python -m benchmarks.serve_load", *(argv or sys.argv[1:])])
-    from edge_runtime.atomic import write_json, write_text
-    name = Path(r["artifact"]).stem
-    write_json(a.out / f"{name}.json", r)
-    write_text(a.out / f"{name}.md", markdown(r))
-    print(markdown(r))
+    from benchmarks.report import save_report
+    save_report(a.out, Path(r["artifact"]).stem, r, markdown(r))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,26 @@ def synth_data(tmp_path_factory) -> Path:
     return generate(tmp_path_factory.mktemp("synth") / "textures", per_class=30, size=96, seed=1)
 
 
+def feature_run(tmp_path: Path, classes=("a", "b", "c"), counts=(("train", 60), ("val", 15)),
+                spread: float = 3.0) -> Path:
+    """A finished run's folder as the head benchmarks read it: labels, split lists and cached
+    features (Gaussian classes around centres ``spread`` apart, 16 dimensions)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    run = tmp_path / "run"
+    (run / "split").mkdir(parents=True)
+    (run / "cache").mkdir()
+    (run / "labels.txt").write_text("\n".join(classes) + "\n")
+    centres = rng.normal(0, spread, (len(classes), 16))
+    for split, count in counts:
+        names = [(f"{c}/{split}{i}.jpg", c) for c in classes for i in range(count)]
+        (run / "split" / f"{split}.tsv").write_text(f"# root\t{tmp_path}\n" + "".join(f"{p}\t{c}\n" for p, c in names))
+        X = np.stack([centres[classes.index(c)] + rng.normal(0, 1, 16) for _, c in names]).astype(np.float32)
+        np.save(run / "cache" / f"features_{split}_0.npy", X)
+    return run
+
+
 def copy_subset(src: Path, dst: Path, per_class: int) -> Path:
     """A small real-photo dataset: the first ``per_class`` files of each class folder."""
     import shutil

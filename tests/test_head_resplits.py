@@ -5,23 +5,12 @@ import numpy as np
 import pytest
 
 from benchmarks.head_resplits import compare, draw
+from tests.conftest import feature_run
 
 
-def _fake_run(tmp_path, classes=("a", "b", "c"), counts=(("train", 48), ("val", 6), ("test", 6))):
-    """A finished run's folder as the benchmark reads it: labels, split lists, cached features
-    (overlapping Gaussian classes, so no head is perfect)."""
-    rng = np.random.default_rng(0)
-    run = tmp_path / "run"
-    (run / "split").mkdir(parents=True)
-    (run / "cache").mkdir()
-    (run / "labels.txt").write_text("\n".join(classes) + "\n")
-    centres = rng.normal(0, 1.2, (len(classes), 16))
-    for split, count in counts:
-        names = [(f"{c}/{split}{i}.jpg", c) for c in classes for i in range(count)]
-        (run / "split" / f"{split}.tsv").write_text(f"# root\t{tmp_path}\n" + "".join(f"{p}\t{c}\n" for p, c in names))
-        X = np.stack([centres[classes.index(c)] + rng.normal(0, 1, 16) for _, c in names]).astype(np.float32)
-        np.save(run / "cache" / f"features_{split}_0.npy", X)
-    return run
+def _fake_run(tmp_path, classes):
+    """Overlapping classes (no head is perfect) with all three splits cached."""
+    return feature_run(tmp_path, classes, (("train", 48), ("val", 6), ("test", 6)), spread=1.2)
 
 
 def test_each_draw_is_a_stratified_80_10_10_split_of_its_own():
