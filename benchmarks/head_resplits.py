@@ -49,27 +49,21 @@ def draw(y: np.ndarray, seed: int) -> np.ndarray:
     return part
 
 
-def lbfgs_head(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel:
-    from trainer.config import TrainConfig
-    from trainer.train import class_weights
+def trainer_head(solver: str):
+    """The trainer's own head phase (``trainer.train.train_head``) with its defaults and the
+    given ``--head-solver``, on one draw's cached features."""
+    def fit(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel:
+        from trainer.config import TrainConfig
+        from trainer.model import Parts, make_head
+        from trainer.train import train_head
 
-    mode = TrainConfig(data="", out="").class_weights        # the trainer's default
-    _, final, _ = L.solve_head(Xtr, ytr, Xva, yva, n, class_weights=class_weights(ytr, n, mode))
-    return final
-
-
-def sgd_head(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel:
-    """The trainer's epoch-trained head, with its defaults."""
-    from trainer.config import TrainConfig
-    from trainer.model import Parts, make_head
-    from trainer.train import train_head
-
-    cfg = TrainConfig(data="", out="", head_solver="sgd")
-    parts = Parts(model=None, features=None, head=make_head(Xtr.shape[1], n, cfg.dropout, cfg.l2), base=None,
-                  feature_width=Xtr.shape[1])
-    train_head(cfg, parts, {"train": Xtr, "val": Xva}, {"train": ytr, "val": yva}, n)
-    W, b = parts.head.get_layer("logits").get_weights()
-    return L.LinearModel(W=W, b=b)
+        cfg = TrainConfig(data="", out="", head_solver=solver)
+        parts = Parts(model=None, features=None, head=make_head(Xtr.shape[1], n, cfg.dropout, cfg.l2), base=None,
+                      feature_width=Xtr.shape[1])
+        train_head(cfg, parts, {"train": Xtr, "val": Xva}, {"train": ytr, "val": yva}, n)
+        W, b = parts.head.get_layer("logits").get_weights()
+        return L.LinearModel(W=W, b=b)
+    return fit
 
 
 def reference_head(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel | None:
@@ -88,7 +82,7 @@ def reference_head(Xtr, ytr, Xva, yva, n: int) -> L.LinearModel | None:
     return L.LinearModel(W=W.astype(np.float32), b=b.astype(np.float32))
 
 
-HEADS = {"lbfgs": lbfgs_head, "sgd": sgd_head, "reference": reference_head}
+HEADS = {"lbfgs": trainer_head("lbfgs"), "sgd": trainer_head("sgd"), "reference": reference_head}
 
 
 def compare(run: Path, draws: int, heads=tuple(HEADS)) -> dict:
