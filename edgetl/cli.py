@@ -428,7 +428,8 @@ def backbones_cmd():
 
     for n in names():
         b = REGISTRY[n]
-        click.echo(f"{n:<20} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} {b.weights_source}")
+        taps = f"  taps {','.join(b.taps)}" if b.taps else ""
+        click.echo(f"{n:<20} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} {b.weights_source}{taps}")
     click.echo("hub:<handle-or-SavedModel-dir>  TF Hub image feature vector (frozen)")
 
 

@@ -104,7 +104,8 @@ def test_features_of_thousands_of_images_are_on_disk_and_memory_mapped(tmp_path)
     files = {p.name.split("_")[1]: p for p in (out / R.CACHE).glob("features_*.npy")}
     assert set(files) == {"train", "val", "test"}
     F = np.load(files["train"], mmap_mode="r")
-    assert isinstance(F, np.memmap) and F.shape == (1680, 1280) and F.dtype == np.float32
+    width = R.read_json(out / R.CONFIG)["backbone"]["feature_width"]   # 1280 final + the taps' widths
+    assert isinstance(F, np.memmap) and F.shape == (1680, width) and F.dtype == np.float32
     assert not list((out / R.CACHE).glob("*.partial.npy"))     # renamed into place when complete
 
 

@@ -52,7 +52,8 @@ def test_every_registered_backbone_builds_at_64px_and_converts(name, tmp_path):
 
     spec = get_backbone(name)
     parts = build(spec, 64, 0.35 if name == "mobilenet_v2" else spec.default_alpha, "none", 3)
-    assert int(parts.features.outputs[0].shape[-1]) == spec.feature_width(spec.default_alpha)
+    taps = sum(int(parts.base.get_layer(t).output.shape[-1]) for t in spec.taps)   # every tap exists
+    assert int(parts.features.outputs[0].shape[-1]) == spec.feature_width(spec.default_alpha) + taps
     path = tmp_path / "m.tflite"
     path.write_bytes(tflite_bytes(parts.model, "fp32"))
     clf = Classifier(path, labels=["a", "b", "c"])
@@ -67,6 +68,28 @@ def test_every_registered_backbone_builds_at_64px_and_converts(name, tmp_path):
     assert subject.stage_outputs()[-1] == subject.default_cam_layer() and len(subject.stage_outputs()) >= 4
     cam, _, probs = grad_cam(subject, x[None].astype(np.float32))
     assert cam.shape == (1, 2, 2) and np.isfinite(cam).all() and np.allclose(probs, want, atol=1e-5)
+
+
+def test_tapped_features_are_the_final_features_then_each_tap_averaged_over_space():
+    """The multi-scale probe's vector, computed by the model the run ships, equals the pieces
+    computed independently from the same backbone; ``taps=()`` is the final features alone."""
+    import keras
+
+    from trainer.backbones import get_backbone
+    from trainer.model import build
+
+    spec = get_backbone("mobilenet_v2")
+    assert spec.taps
+    tapped = build(spec, 64, 0.35, "none", 3)
+    plain = build(spec, 64, 0.35, "none", 3, taps=())
+    plain.base.set_weights(tapped.base.get_weights()[:len(plain.base.get_weights())])
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    inner = keras.Model(plain.base.inputs, [plain.base.get_layer(t).output for t in spec.taps])
+    pre = plain.features.layers[1](x) if len(plain.features.layers) > 2 else x
+    maps = [np.asarray(m) for m in inner(pre, training=False)]
+    want = np.concatenate([np.asarray(plain.features(x))] + [m.mean(axis=(1, 2)) for m in maps], axis=1)
+    assert plain.feature_width == spec.feature_width(0.35)
+    assert np.allclose(np.asarray(tapped.features(x)), want, atol=1e-5)
 
 
 def test_unknown_backbone_is_refused_by_name():
@@ -275,3 +298,13 @@ def test_lite0_weight_import_says_what_it_does_once_then_reads_its_cache(tmp_pat
     assert "importing" not in capsys.readouterr().err
     assert first.keys() == again.keys() and all(
         np.array_equal(a, b) for k in first for a, b in zip(first[k], again[k]))
+
+
+def test_a_run_saved_before_feature_taps_resumes_on_the_final_features_alone():
+    """Its model.keras and cached features have the final features' width: --resume must not add
+    taps to it. New runs record their choice, which resume keeps."""
+    from trainer.config import TrainConfig
+
+    old = {k: v for k, v in TrainConfig(data="d", out="o").to_dict().items() if k != "feature_taps"}
+    assert TrainConfig.from_dict(old).feature_taps == "none"
+    assert TrainConfig.from_dict(TrainConfig(data="d", out="o").to_dict()).feature_taps == "auto"

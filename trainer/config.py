@@ -37,6 +37,9 @@ class TrainConfig:
     features: str = opt("auto", "Engine for the frozen backbone's features. auto: LiteRT/XNNPACK on a CPU (the "
                                 "backbone converted once and cached, checked against Keras), Keras on a GPU.",
                         choices=("auto", "keras", "litert"))
+    feature_taps: str = opt("auto", "auto: the head also sees the pooled outputs of the backbone's inner stages "
+                                    "named in its registry entry (edgetl backbones), beside the final features; "
+                                    "none: the final features alone.", choices=("auto", "none"))
     head_solver: str = opt("lbfgs", "lbfgs: solve the head exactly, L2 chosen on held-out data, then refit on "
                                     "train+val. sgd: Adam epochs with dropout and label smoothing (--epochs, "
                                     "--lr, --dropout, --l2).", choices=("lbfgs", "sgd"))
@@ -83,4 +86,7 @@ class TrainConfig:
         d = {k: v for k, v in d.items() if k in known}
         if "fractions" in d:
             d["fractions"] = tuple(d["fractions"])
+        # A run saved before feature taps existed was trained on the final features alone: its
+        # --resume must rebuild the same model.
+        d.setdefault("feature_taps", "none")
         return cls(**d)

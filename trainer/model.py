@@ -22,10 +22,15 @@ class Parts:
 
 
 def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: int,
-          dropout: float = 0.2, l2: float = 1e-4) -> Parts:
+          dropout: float = 0.2, l2: float = 1e-4, taps: tuple[str, ...] | None = None) -> Parts:
+    """``taps``: inner layers pooled beside the final features (default: the backbone's own,
+    ``spec.taps``; ``()`` for the final features alone)."""
     import keras
 
     base = spec.build_base(size, alpha, weights)
+    taps = spec.taps if taps is None else tuple(taps)
+    if taps:
+        base = with_taps(base, taps)
     pretrained = weights != "none"
     if not pretrained:
         # Keras' default BatchNorm momentum (0.99-0.999) leaves inference at chance after a
@@ -45,6 +50,18 @@ def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: in
     probs = keras.layers.Softmax(name="probabilities", dtype="float32")(head(feats))
     model = keras.Model(inp, probs, name=f"edgetl_{spec.name.replace(':', '_').replace('/', '_')}")
     return Parts(model=model, features=features, head=head, base=base, feature_width=width)
+
+
+def with_taps(base, taps: tuple[str, ...]):
+    """The backbone whose one output is its final pooled features followed by the global average
+    of each tap layer. It stays one nested model ending in one vector, so the whole model is still
+    a chain (preprocessing, backbone, head, softmax) that the converter and insight read as before;
+    its layers are the backbone's own (fine-tuning unfreezes them the same way)."""
+    import keras
+
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"tap_{t}")(base.get_layer(t).output) for t in taps]
+    feats = keras.layers.Concatenate(name="tapped_features")([base.outputs[0], *pooled])
+    return keras.Model(base.inputs, feats, name=f"{base.name}_tapped")
 
 
 def make_head(width: int, num_classes: int, dropout: float, l2: float):

@@ -91,14 +91,23 @@ def class_weights(y: np.ndarray, n: int, mode: str) -> dict | None:
 
 # ------------------------------------------------------------------------- features
 def _cache_key(cfg: TrainConfig, paths: list[str]) -> str:
-    h = hashlib.sha256(json.dumps([cfg.backbone, cfg.alpha, cfg.size, cfg.weights, cfg.resize]).encode())
+    taps = list(feature_taps(cfg, get_backbone(cfg.backbone)))
+    h = hashlib.sha256(json.dumps([cfg.backbone, cfg.alpha, cfg.size, cfg.weights, cfg.resize]
+                                  + ([taps] if taps else [])).encode())
     for p in paths:
         h.update(p.encode())
     return h.hexdigest()[:16]
 
 
+def feature_taps(cfg: TrainConfig, spec) -> tuple[str, ...]:
+    """The inner layers pooled beside the final features in this run (``--feature-taps``)."""
+    return tuple(spec.taps) if cfg.feature_taps == "auto" else ()
+
+
 def _identity(cfg: TrainConfig, spec) -> dict:
-    return {"backbone": spec.name, "alpha": cfg.alpha, "size": cfg.size, "preprocessing": spec.preprocessing}
+    taps = feature_taps(cfg, spec)   # named only when used: untapped extractors keep their cache keys
+    return {"backbone": spec.name, "alpha": cfg.alpha, "size": cfg.size, "preprocessing": spec.preprocessing,
+            **({"taps": list(taps)} if taps else {})}
 
 
 def _features_file(run: Path, cfg: TrainConfig, split: Split, name: str) -> Path:
@@ -505,7 +514,7 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
     pre, speculation = start_features(run, cfg, spec, split, hw)
     try:
         with strategy.scope():
-            parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2)
+            parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2, feature_taps(cfg, spec))
     except BaseException:
         if speculation is not None:
             speculation.discard()
@@ -523,6 +532,7 @@ def _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, trac
     R.write_json(run / R.CONFIG, {"train": cfg.to_dict(), "backbone": {
         "name": spec.name, "family": spec.family, "size": cfg.size, "alpha": cfg.alpha,
         "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
+        "taps": list(feature_taps(cfg, spec)),
         "weights_source": spec.weights_source if cfg.weights == "imagenet" else cfg.weights},
         "input": {"size": cfg.size, "range": [0, 255], "color": "RGB", "resize": cfg.resize},
         "hardware": hw.to_dict()})

@@ -44,6 +44,11 @@ class Backbone:
     default_alpha: float = 1.0
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # Inner layers whose globally averaged outputs join the final pooled features (a multi-scale
+    # linear probe): the head also sees mid-level texture and shape, which the last layer, tuned
+    # to ImageNet's classes, partly discards. Chosen per backbone by nested cross-validation on
+    # training photos only (benchmarks/results/feature_taps); empty = the final features alone.
+    taps: tuple[str, ...] = ()
 
     def check(self, size: int, alpha: float) -> None:
         if not self.min_size <= size <= self.max_size:

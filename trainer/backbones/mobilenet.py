@@ -15,6 +15,7 @@ register(Backbone(
     preprocessing="minus1to1", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0,
     weights_source="keras.applications (ImageNet, ~/.keras/models); local .h5 via --weights",
     feature_width=_mnv2_width, build_base=keras_app_builder("MobileNetV2", "mobilenet_v2"),
+    taps=("block_15_add", "block_12_add"),   # the ends of the 7x7 (160-wide) and 14x14 (96-wide) stages
     build_classifier=keras_app_builder("MobileNetV2", "mobilenet_v2", top=True)))
 for variant, ctor, width in (("small", "MobileNetV3Small", 576), ("large", "MobileNetV3Large", 960)):
     register(Backbone(
