@@ -54,7 +54,7 @@ def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.
     tapped: (features, labels, split 0/1/2, column slice per layer with "final" first)."""
     import keras
 
-    from edge_runtime.filelist import read_file_list
+    from benchmarks.head_selection import split_list
     from edge_runtime.image import load_image
     from trainer import rundir as R
     from trainer.backbones import get_backbone
@@ -64,10 +64,10 @@ def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.
     labels = (run / "labels.txt").read_text().splitlines()
     spec = get_backbone(t["backbone"])
     parts = build(spec, t["size"], t["alpha"], t["weights"], len(labels), taps=layers)
-    paths, y, part = [], [], []
-    for k, split in enumerate(("train", "val", "test")):
-        for p, c in read_file_list(run / "split" / f"{split}.tsv"):
-            paths.append(p), y.append(labels.index(c)), part.append(k)
+    lists = [split_list(run, split, labels) for split in ("train", "val", "test")]
+    paths = [p for ps, _ in lists for p in ps]
+    y = np.concatenate([ys for _, ys in lists])
+    part = np.concatenate([np.full(len(ys), k) for k, (_, ys) in enumerate(lists)])
     X = np.concatenate([parts.features.predict(
         np.stack([load_image(p, t["size"], t["resize"]) for p in paths[i:i + 64]]).astype(np.float32), verbose=0)
         for i in range(0, len(paths), 64)])
@@ -75,7 +75,7 @@ def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.
     edges = np.cumsum([0] + widths)
     cols = {n: slice(int(a), int(b)) for n, a, b in zip(("final", *layers), edges[:-1], edges[1:])}
     keras.backend.clear_session()
-    return X, np.array(y), np.array(part), cols
+    return X, y, part, cols
 
 
 def _score(fit, X, y, n, tr, va, te) -> float:
@@ -98,8 +98,9 @@ def compare(run: Path, draws: int) -> dict:
     keep = np.flatnonzero(part < 2)   # the run's test photos take no part in the choice
     per = {c: [] for c in cands}
     for s in range(draws):
-        p = draw(y[keep], s)
-        masks = [np.isin(np.arange(len(y)), keep[p == k]) for k in (0, 1, 2)]
+        redrawn = np.full(len(y), -1)          # -1: the run's test photos, in no part
+        redrawn[keep] = draw(y[keep], s)
+        masks = [redrawn == k for k in (0, 1, 2)]
         for c in cands:
             per[c].append(_score(fit, X[:, pick[c]], y, n, *masks))
         print(f"{run.name} draw {s}: " + "  ".join(f"{c} {v[-1]:.4f}" for c, v in per.items()), flush=True)

@@ -35,11 +35,17 @@ def cached_train_val(run: Path) -> tuple[np.ndarray, np.ndarray, int]:
     return cached_features(run, ("train", "val"))
 
 
+def split_list(run: Path, split: str, labels: list[str]) -> tuple[list[Path], np.ndarray]:
+    """A run's split list (RUN/split/<split>.tsv): the photos' paths and their class indices."""
+    from edge_runtime.filelist import read_file_list
+
+    items = read_file_list(run / "split" / f"{split}.tsv")
+    return [p for p, _ in items], np.array([labels.index(c) for _, c in items], np.int64)
+
+
 def cached_features(run: Path, splits: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, int]:
     """A finished run's cached features of ``splits`` (in that order) with their labels, and the
     number of classes."""
-    from edge_runtime.filelist import read_file_list
-
     labels = (run / "labels.txt").read_text().splitlines()
     X, y = [], []
     for split in splits:
@@ -48,7 +54,7 @@ def cached_features(run: Path, splits: tuple[str, ...]) -> tuple[np.ndarray, np.
             raise SystemExit(f"{run}/cache: expected one features_{split}_*.npy, found {len(found)}; "
                              "give a finished run folder (its cache kept)")
         X.append(np.asarray(np.load(found[0], mmap_mode="r"), np.float32))
-        y.append(np.array([labels.index(c) for _, c in read_file_list(run / "split" / f"{split}.tsv")]))
+        y.append(split_list(run, split, labels)[1])
     X, y = np.concatenate(X), np.concatenate(y)
     if len(X) != len(y):
         raise SystemExit(f"{run}: cached features ({len(X)}) do not match the split lists ({len(y)})")

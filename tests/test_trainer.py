@@ -75,7 +75,7 @@ def test_tapped_features_are_the_final_features_then_each_tap_averaged_over_spac
     computed independently from the same backbone; ``taps=()`` is the final features alone."""
     import keras
 
-    from trainer.backbones import get_backbone
+    from trainer.backbones import get_backbone, preprocessing_layer
     from trainer.model import build
 
     spec = get_backbone("mobilenet_v2")
@@ -85,8 +85,7 @@ def test_tapped_features_are_the_final_features_then_each_tap_averaged_over_spac
     plain.base.set_weights(tapped.base.get_weights()[:len(plain.base.get_weights())])
     x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     inner = keras.Model(plain.base.inputs, [plain.base.get_layer(t).output for t in spec.taps])
-    pre = plain.features.layers[1](x) if len(plain.features.layers) > 2 else x
-    maps = [np.asarray(m) for m in inner(pre, training=False)]
+    maps = [np.asarray(m) for m in inner(preprocessing_layer(spec.preprocessing)(x), training=False)]
     want = np.concatenate([np.asarray(plain.features(x))] + [m.mean(axis=(1, 2)) for m in maps], axis=1)
     assert plain.feature_width == spec.feature_width(0.35)
     assert np.allclose(np.asarray(tapped.features(x)), want, atol=1e-5)
