@@ -268,9 +268,11 @@ def reference(model, split, size: int, method: str, need_val: bool, heldout=None
 
 
 def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels: list[str], threads,
-                    int8_recovery: bool, verbose: bool, run: Path, twin: Path | None = None):
+                    int8_recovery: bool, verbose: bool, run: Path, twin: Path | None = None,
+                    x_calib: np.ndarray | None = None):
     """One precision's .tflite flatbuffer (int8: with recovery) and what recovery chose.
-    ``twin``: the SavedModel of the held-out twin, which int8 recovery measures on."""
+    ``twin``: the SavedModel of the held-out twin, which int8 recovery measures on;
+    ``x_calib``: the calibration images as arrays (the head refit fits on them)."""
     from .int8 import CANDIDATES, quantize_with_recovery
 
     try:
@@ -278,7 +280,7 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
             conv = _converter(src, prec, io, calib)
             if prec != "int8":
                 return conv.convert(), None
-            kw = dict(threads=threads, candidates=CANDIDATES if int8_recovery else 0,
+            kw = dict(threads=threads, candidates=CANDIDATES if int8_recovery else 0, x_fit=x_calib,
                       log=_log, detail=_log if verbose else lambda m: None)
             if twin is not None:
                 return quantize_with_recovery(_converter(twin, prec, io, calib), io, ref.x_val, ref.val_y,
@@ -363,6 +365,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
     ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's.
     ``data_root``: where the run's data folder lives now, if it moved after training."""
+    from trainer.data.pipeline import load_arrays
     from trainer.data.sampling import stratified_sample
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
@@ -399,6 +402,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     tpaths, ty = split.paths_labels("train")
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
     heldout = heldout_head(run, model) if "int8" in precisions else None
+    x_calib = load_arrays(calib_paths, size, method) if "int8" in precisions and int8_recovery else None
     ref = reference(model, split, size, method, need_val="int8" in precisions, heldout=heldout)
 
     # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
@@ -418,7 +422,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                 interrupted.check()
                 t0 = time.time()
                 blob, choice = _artifact_bytes(src, prec, io, representative_dataset(calib_paths, size, method),
-                                               ref, labels, threads, int8_recovery, verbose, run, twin)
+                                               ref, labels, threads, int8_recovery, verbose, run, twin, x_calib)
                 blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
                                 name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",

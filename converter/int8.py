@@ -9,10 +9,13 @@ are close. The converter therefore
    the head fit on train only, so the validation images are new to it; see ``quantize_with_recovery``),
 3. ranks layers by their own quantization error (TFLite's QuantizationDebugger: RMSE of each
    layer's int8 output against its float output, in units of the layer's quantization step), and
-4. only when agreement is below the target, tries the worst layers in float one at a time
-   (worst first) and keeps each one that raises validation agreement, until the target is met.
-   Float and int8 convolutions both run inside the XNNPACK delegate, so the model stays fully
-   delegated; the cost is measured and recorded.
+4. re-fits the head to the features the int8 body produces on the calibration images, and keeps
+   that when it brings the int8 model's probabilities closer to the float model's on the
+   validation split (``converter.head_refit``); the graph and its latency do not change, and
+5. only when agreement is still below the target, tries the worst layers in float one at a time
+   (worst first; a kept head refit is fit again to each) and keeps each one that raises
+   validation agreement, until the target is met. Float and int8 convolutions both run inside
+   the XNNPACK delegate, so the model stays fully delegated; the cost is measured and recorded.
 The test split is never read here: it stays the honest verification of whatever is chosen.
 """
 from __future__ import annotations
@@ -24,6 +27,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from .head_refit import find_head, read_tensors, refit_head, softmax_kl, write_head
 
 TARGET_AGREEMENT = 0.99
 CANDIDATES = 8           # worst layers tried in float, one at a time
@@ -46,6 +51,8 @@ class Int8Choice:
     # what the validation agreement was measured on: "shipped model", or "held-out twin" (the
     # same network with its head fit on train only, for a head refit on train+val)
     measured_on: str = "shipped model"
+    # step 4: {"kept", "l2", "fit_images", "plain": {agreement, accuracy, kl}, "grid": [...]}
+    head_refit: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,7 +157,7 @@ def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
 def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndarray, ref_val: np.ndarray,
                            labels: list[str], target: float = TARGET_AGREEMENT, candidates: int = CANDIDATES,
                            threads=None, log=lambda m: None, detail=lambda m: None,
-                           ship_converter=None) -> tuple[bytes, Int8Choice]:
+                           ship_converter=None, x_fit: np.ndarray | None = None) -> tuple[bytes, Int8Choice]:
     """``converter``: a TFLiteConverter set up for int8 (optimizations + representative dataset).
     ``x_val``/``y_val``: validation images and labels; ``ref_val``: the float model's top-1 on them;
     ``labels``: the class names (candidates are bare .tflite files).
@@ -162,7 +169,8 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
     recovery chose as if two layers bought 0.993, and the shipped model agreed on 0.988 of the
     test split. So every choice is measured on the twin, whose head has not seen them, and
     the layers it keeps in float are then kept in the shipped model (same layers, same
-    calibration images).
+    calibration images), and its head is re-fit with the strength the twin chose.
+    ``x_fit``: the calibration images as arrays, for the head refit (None: no refit).
     Returns the chosen model and what was measured."""
     t0 = time.time()
     calibrated, worst = layer_errors(converter, x_val[:DEBUG_IMAGES])
@@ -174,12 +182,29 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
             f"{len(y_val)} validation images{twin} (target {target})")
         for r in worst[:REPORT_LAYERS]:
             detail(f"  layer error {r['rmse_over_scale']:7.3f} steps  {r['op']:<18} {r['tensor'][:90]}")
-        blob, chosen, floats, tried = plain, plain_score, [], []
+
+        def build(cal: bytes, nodes: list[str], l2: float | None) -> bytes:
+            """int8 with ``nodes`` left float and, for ``l2``, the head re-fit to that model."""
+            def quant(c):
+                return _quantize(c, io, nodes)
+            if l2 is None:
+                return quant(cal)
+            head, fits = refit_head(cal, quant, x_fit, threads, grid=(l2,))
+            return quant(write_head(cal, head, *fits[l2]))
+
+        blob, chosen, floats, tried, refit, l2 = plain, plain_score, [], [], {}, None
+        if x_fit is not None and candidates:
+            refit_blob, refit = _choose_refit(calibrated, lambda c: _quantize(c, io, []), x_fit, x_val, y_val,
+                                              ref_val, threads, log, detail)
+            if refit["kept"]:
+                blob, l2 = refit_blob, refit["l2"]
+                chosen = {k: refit["chosen"][k] for k in ("agreement", "accuracy")}
         # Greedy, worst layer first: a layer stays float only if that raises validation agreement
-        # (measured: keeping the k worst in float is not monotone, 8 can beat 16).
-        for r in worst[:candidates] if plain_score["agreement"] < target else []:
+        # (measured: keeping the k worst in float is not monotone, 8 can beat 16). A kept head
+        # refit is fit again to each candidate (its int8 features differ).
+        for r in worst[:candidates] if chosen["agreement"] < target else []:
             nodes = floats + [r["tensor"]]
-            cand = _quantize(calibrated, io, nodes)
+            cand = build(calibrated, nodes, l2)
             s = _score(cands.top1(cand, x_val), ref_val, y_val)
             kept = s["agreement"] > chosen["agreement"]
             tried.append({"layer": r["tensor"], "kept": kept, **s})
@@ -195,12 +220,44 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
         if ship_converter is not None:
             shipped = calibrate(ship_converter)
             plain = _quantize(shipped, io, [])
-            blob = _quantize(shipped, io, floats) if floats else plain
+            blob = build(shipped, floats, l2) if floats or l2 is not None else plain
         latency = {"plain_int8": cands.invoke_ms(plain)}
         if floats:
             latency["chosen"] = cands.invoke_ms(blob)
     choice = Int8Choice(target_agreement=target, val_n=int(len(y_val)), plain=plain_score, chosen=chosen,
                         float_layers=floats, worst_layers=worst[:REPORT_LAYERS], tried=tried,
                         latency_ms=latency, seconds=round(time.time() - t0, 1),
-                        measured_on="held-out twin" if ship_converter is not None else "shipped model")
+                        measured_on="held-out twin" if ship_converter is not None else "shipped model",
+                        head_refit={k: v for k, v in refit.items() if k != "chosen"})
     return blob, choice
+
+
+def _choose_refit(calibrated: bytes, quant, x_fit, x_val, y_val, ref_val, threads, log, detail):
+    """Step 4: the head re-fit at each strength of ``head_refit.GRID``, each measured on the
+    validation images; returns (best model, record) with record["kept"] when it beats the
+    model without refit on KL and does not lose agreement."""
+    fits = refit_head(calibrated, quant, x_fit, threads)
+    if fits is None:
+        return None, {"kept": False, "reason": "the model does not end in one dense layer with a bias"}
+    head, by_l2 = fits
+    (z_float,) = read_tensors(calibrated, [head.logits], x_val, threads)
+
+    def measure(blob):
+        (z,) = read_tensors(blob, [find_head(blob).logits], x_val, threads)
+        return {**_score(z.argmax(1), ref_val, y_val), "kl": round(softmax_kl(z_float, z), 6)}
+
+    before = measure(quant(calibrated))
+    grid, blobs = [], {}
+    for l2, (W, b) in by_l2.items():
+        blobs[l2] = quant(write_head(calibrated, head, W, b))
+        grid.append({"l2": l2, **measure(blobs[l2])})
+        detail(f"  head refit l2 {l2:g}: validation agreement {grid[-1]['agreement']:.4f}, "
+               f"KL {grid[-1]['kl']:.5f} (before {before['agreement']:.4f}, {before['kl']:.5f})")
+    best = min(grid, key=lambda r: r["kl"])
+    kept = best["kl"] < before["kl"] and best["agreement"] >= before["agreement"]
+    log(f"int8 recovery: head refit on {len(x_fit)} calibration images "
+        + (f"(l2 {best['l2']:g}) -> validation agreement {best['agreement']:.4f}, KL {before['kl']:.5f} -> "
+           f"{best['kl']:.5f}" if kept else "not kept (no gain on the validation split)"))
+    return (blobs[best["l2"]] if kept else None), {
+        "kept": kept, "l2": best["l2"] if kept else None, "fit_images": int(len(x_fit)),
+        "before": before, "chosen": best if kept else before, "grid": grid}

@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
+from converter.head_refit import GRID
 from tests.conftest import WEIGHTS, run_cli
 from trainer import rundir as R
 from trainer.linear import LinearModel, fit, solve_head
@@ -113,7 +114,7 @@ def test_poisoned_test_labels_change_nothing_that_is_chosen(synth_data, tmp_path
         heads.append({k: v for k, v in m["head"].items() if k != "seconds"})
         q = next(a for a in R.read_json(run / "deploy" / "manifest.json")["artifacts"]
                  if a["precision"] == "int8")["quantization"]
-        choices.append({k: q[k] for k in ("plain", "chosen", "float_layers", "tried")})
+        choices.append({k: q[k] for k in ("plain", "chosen", "float_layers", "tried", "head_refit")})
         accs.append(m["test"]["accuracy"])
     assert heads[0] == heads[1]
     assert choices[0] == choices[1]
@@ -130,6 +131,18 @@ def test_convert_records_int8_recovery_and_per_layer_error(deployed):
     assert errs == sorted(errs, reverse=True)
     assert q["chosen"]["agreement"] >= q["plain"]["agreement"]
     assert "plain_int8" in q["latency_ms"]
+
+
+@pytest.mark.slow
+def test_convert_records_the_head_refit_and_keeps_it_only_when_validation_gains(deployed):
+    m = R.read_json(deployed / "manifest.json")
+    a = next(a for a in m["artifacts"] if a["precision"] == "int8")
+    refit = a["quantization"]["head_refit"]
+    assert refit["fit_images"] == m["calibration"]["samples"]
+    assert [g["l2"] for g in refit["grid"]] == list(GRID) and all(g["kl"] >= 0 for g in refit["grid"])
+    best = min(refit["grid"], key=lambda g: g["kl"])
+    gains = best["kl"] < refit["before"]["kl"] and best["agreement"] >= refit["before"]["agreement"]
+    assert refit["kept"] == gains and refit["l2"] == (best["l2"] if gains else None)
 
 
 @pytest.mark.slow
