@@ -51,7 +51,7 @@ class Int8Choice:
     # what the validation agreement was measured on: "shipped model", or "held-out twin" (the
     # same network with its head fit on train only, for a head refit on train+val)
     measured_on: str = "shipped model"
-    # step 4: {"kept", "l2", "fit_images", "plain": {agreement, accuracy, kl}, "grid": [...]}
+    # step 4: {"kept", "l2", "fit_images", "before": {agreement, accuracy, kl}, "grid": [...]}
     head_refit: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -236,6 +236,8 @@ def _choose_refit(calibrated: bytes, quant, x_fit, x_val, y_val, ref_val, thread
     """Step 4: the head re-fit at each strength of ``head_refit.GRID``, each measured on the
     validation images; returns (best model, record) with record["kept"] when it beats the
     model without refit on KL and does not lose agreement."""
+    if not len(x_val):
+        return None, {"kept": False, "reason": "no validation images to measure it on"}
     fits = refit_head(calibrated, quant, x_fit, threads)
     if fits is None:
         return None, {"kept": False, "reason": "the model does not end in one dense layer with a bias"}
