@@ -320,7 +320,7 @@ def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
 CRITERIA = ("accuracy", "loss")
 
 
-def _choose(grid, acc, lval, criterion: str = "accuracy") -> int:
+def _choose(acc, lval, criterion: str = "accuracy") -> int:
     """``accuracy`` (the default): best held-out accuracy; among the settings that tie on it, the
     lowest held-out loss (accuracy is coarse on small splits, the loss breaks its ties smoothly).
     ``loss``: the lowest held-out loss alone (compared by benchmarks.head_selection)."""
@@ -396,7 +396,7 @@ def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed,
                 per_fold.append(_path(loss, std, Rall.subset(tr), yall[tr], wall[tr], Rall.subset(ho), yall[ho],
                                       n, grid))
             scores = [tuple(np.mean([pf[i][j] for pf in per_fold]) for j in range(2)) for i in range(len(grid))]
-        best = _choose(grid, [s[0] for s in scores], [s[1] for s in scores], criterion)
+        best = _choose([s[0] for s in scores], [s[1] for s in scores], criterion)
     l2 = grid[best]
     d = Rtr.d
     # on the validation path the train-only fit at the chosen l2 is already there
