@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 GRID = (30.0, 10.0, 3.0)     # lam values tried (see the module docstring)
-FULLY_CONNECTED = 9          # TFLite BuiltinOperator codes
-SOFTMAX = 25
+FULLY_CONNECTED = 9          # TFLite BuiltinOperator code
 
 
 @dataclass
