@@ -402,7 +402,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     tpaths, ty = split.paths_labels("train")
     calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
     heldout = heldout_head(run, model) if "int8" in precisions else None
-    x_calib = load_arrays(calib_paths, size, method) if "int8" in precisions and int8_recovery else None
+    x_calib = load_arrays(calib_paths, size, method) if "int8" in precisions else None
     ref = reference(model, split, size, method, need_val="int8" in precisions, heldout=heldout)
 
     # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
@@ -421,8 +421,9 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
             for prec in precisions:
                 interrupted.check()
                 t0 = time.time()
-                blob, choice = _artifact_bytes(src, prec, io, representative_dataset(calib_paths, size, method),
-                                               ref, labels, threads, int8_recovery, verbose, run, twin, x_calib)
+                calib = representative_dataset(x_calib) if prec == "int8" else None
+                blob, choice = _artifact_bytes(src, prec, io, calib, ref, labels, threads, int8_recovery, verbose,
+                                               run, twin, x_calib)
                 blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
                                 name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",

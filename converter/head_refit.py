@@ -21,7 +21,6 @@ without lowering validation agreement.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,7 +74,7 @@ def write_head(blob: bytes, head: Head, W: np.ndarray, b: np.ndarray) -> bytes:
     """``blob`` (float, calibrated) with its head's weights replaced; the recorded ranges stay."""
     from tensorflow.lite.tools import flatbuffer_utils as fbu
 
-    m = copy.deepcopy(fbu.convert_bytearray_to_object(bytearray(blob)))
+    m = fbu.convert_bytearray_to_object(bytearray(blob))   # a fresh object: ``blob`` is untouched
     t = m.subgraphs[0].tensors
     for i, value in ((head.weights, W.T), (head.bias, b)):
         data = np.ascontiguousarray(value, np.float32)
@@ -134,15 +133,14 @@ def softmax_kl(z_ref: np.ndarray, z: np.ndarray) -> float:
     return float((np.exp(lr) * (lr - lq)).sum(1).mean()) if len(z_ref) else 0.0
 
 
-def refit_head(calibrated: bytes, quantize, x_fit: np.ndarray, threads=None, grid=GRID):
+def refit_head(calibrated: bytes, quantized: bytes, x_fit: np.ndarray, threads=None, grid=GRID):
     """(W', b') for ``calibrated`` (float model with its ranges) at every ``grid`` strength, fit on
-    ``x_fit``: ``quantize(calibrated) -> int8 bytes`` is the int8 model the head must match.
+    ``x_fit`` to the features of ``quantized`` (its int8 model, whose head is to be replaced).
     Returns (head, {lam: (W', b')}) or None when the model has no dense head."""
     head = find_head(calibrated)
     if head is None or not len(x_fit):
         return None
     W, b = read_head(calibrated, head)
     (z_float,) = read_tensors(calibrated, [head.logits], x_fit, threads)
-    q = quantize(calibrated)
-    (Fq,) = read_tensors(q, [find_head(q).features], x_fit, threads)
+    (Fq,) = read_tensors(quantized, [find_head(quantized).features], x_fit, threads)
     return head, {lam: refit(Fq, z_float, W, b, lam) for lam in grid}

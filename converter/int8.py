@@ -185,17 +185,16 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
 
         def build(cal: bytes, nodes: list[str], l2: float | None) -> bytes:
             """int8 with ``nodes`` left float and, for ``l2``, the head re-fit to that model."""
-            def quant(c):
-                return _quantize(c, io, nodes)
+            q = _quantize(cal, io, nodes)
             if l2 is None:
-                return quant(cal)
-            head, fits = refit_head(cal, quant, x_fit, threads, grid=(l2,))
-            return quant(write_head(cal, head, *fits[l2]))
+                return q
+            head, fits = refit_head(cal, q, x_fit, threads, grid=(l2,))
+            return _quantize(write_head(cal, head, *fits[l2]), io, nodes)
 
         blob, chosen, floats, tried, refit, l2 = plain, plain_score, [], [], {}, None
         if x_fit is not None and candidates:
-            refit_blob, refit = _choose_refit(calibrated, lambda c: _quantize(c, io, []), x_fit, x_val, y_val,
-                                              ref_val, threads, log, detail)
+            refit_blob, refit = _choose_refit(calibrated, plain, io, x_fit, x_val, y_val, ref_val, threads,
+                                              log, detail)
             if refit["kept"]:
                 blob, l2 = refit_blob, refit["l2"]
                 chosen = {k: refit["chosen"][k] for k in ("agreement", "accuracy")}
@@ -232,13 +231,13 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
     return blob, choice
 
 
-def _choose_refit(calibrated: bytes, quant, x_fit, x_val, y_val, ref_val, threads, log, detail):
-    """Step 4: the head re-fit at each strength of ``head_refit.GRID``, each measured on the
-    validation images; returns (best model, record) with record["kept"] when it beats the
-    model without refit on KL and does not lose agreement."""
+def _choose_refit(calibrated: bytes, plain: bytes, io: str, x_fit, x_val, y_val, ref_val, threads, log, detail):
+    """Step 4: the head re-fit at each strength of ``head_refit.GRID`` to ``plain`` (the int8
+    model of ``calibrated``), each measured on the validation images; returns (best model,
+    record) with record["kept"] when it beats ``plain`` on KL and does not lose agreement."""
     if not len(x_val):
         return None, {"kept": False, "reason": "no validation images to measure it on"}
-    fits = refit_head(calibrated, quant, x_fit, threads)
+    fits = refit_head(calibrated, plain, x_fit, threads)
     if fits is None:
         return None, {"kept": False, "reason": "the model does not end in one dense layer with a bias"}
     head, by_l2 = fits
@@ -248,10 +247,10 @@ def _choose_refit(calibrated: bytes, quant, x_fit, x_val, y_val, ref_val, thread
         (z,) = read_tensors(blob, [find_head(blob).logits], x_val, threads)
         return {**_score(z.argmax(1), ref_val, y_val), "kl": round(softmax_kl(z_float, z), 6)}
 
-    before = measure(quant(calibrated))
+    before = measure(plain)
     grid, blobs = [], {}
     for l2, (W, b) in by_l2.items():
-        blobs[l2] = quant(write_head(calibrated, head, W, b))
+        blobs[l2] = _quantize(write_head(calibrated, head, W, b), io, [])
         grid.append({"l2": l2, **measure(blobs[l2])})
         detail(f"  head refit l2 {l2:g}: validation agreement {grid[-1]['agreement']:.4f}, "
                f"KL {grid[-1]['kl']:.5f} (before {before['agreement']:.4f}, {before['kl']:.5f})")

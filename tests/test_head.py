@@ -188,6 +188,7 @@ def test_recovery_measures_on_the_twin_and_returns_the_model_to_ship(small_run, 
     from converter.convert import _converter, _predict, export_saved_model, head_weights, reference
     from converter.int8 import quantize_with_recovery
     from edge_runtime.classifier import Classifier
+    from trainer.data.pipeline import load_arrays
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
     from trainer.model import logits_layer
@@ -203,7 +204,7 @@ def test_recovery_measures_on_the_twin_and_returns_the_model_to_ship(small_run, 
     export_saved_model(model, tmp_path / "ship")
     with head_weights(model, twin):
         export_saved_model(model, tmp_path / "twin")
-    calib = representative_dataset(split.paths_labels("train")[0][:20], size, method)
+    calib = representative_dataset(load_arrays(split.paths_labels("train")[0][:20], size, method))
     blob, choice = quantize_with_recovery(_converter(tmp_path / "twin", "int8", "uint8", calib), "uint8",
                                           ref.x_val, ref.val_y, ref.val_ref, labels,
                                           ship_converter=_converter(tmp_path / "ship", "int8", "uint8", calib))
