@@ -275,8 +275,9 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
     ``x_calib``: the calibration images as arrays (the head refit fits on them)."""
     from .int8 import CANDIDATES, quantize_with_recovery
 
+    held: list[str] = []
     try:
-        with native_stderr():   # the MLIR converter logs dozens of lines on fd 2
+        with native_stderr(replay=False, held_on_error=held):   # the MLIR converter logs dozens of lines on fd 2
             conv = _converter(src, prec, io, calib)
             if prec != "int8":
                 return conv.convert(), None
@@ -287,7 +288,19 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
                                               ref.val_ref, labels, ship_converter=conv, **kw)
             return quantize_with_recovery(conv, io, ref.x_val, ref.val_y, ref.val_ref, labels, **kw)
     except Exception as e:
-        raise UserError(f"{run}: {prec} conversion failed: {str(e).splitlines()[0][:200]}") from None
+        raise conversion_failure(run, prec, str(e), "".join(held)) from None
+
+
+def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> UserError:
+    """One line naming the op and layer the converter rejected; the full text in RUN/deploy.log."""
+    from .failure import summarize, write_log
+
+    text = f"{error}\n{native_log}"
+    try:
+        where = f"full converter output in {write_log(run, f'{prec} conversion failed', text)}"
+    except OSError:
+        where = "run with --verbose for the full converter output"
+    return UserError(f"{run}: {prec} conversion failed: {summarize(text)}; {where}")
 
 
 def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, secs: float,
@@ -329,6 +342,12 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
         **({"quantization": choice.to_dict()} if choice else {})}
 
 
+def training_precision_of(cfg: dict) -> str:
+    """The Keras dtype policy the run trained under (float32 for runs from before it was recorded)."""
+    hw = cfg.get("hardware") if isinstance(cfg, dict) else None
+    return str(hw.get("precision_policy", "float32")) if isinstance(hw, dict) else "float32"
+
+
 def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: str, io: str, max_drop: float,
                    calibration: dict, artifacts: list[dict]) -> dict:
     return {
@@ -339,6 +358,8 @@ def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: s
                   "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
                                     <= max_drop / 100 for a in artifacts)},
         "backbone": cfg.get("backbone", {}),
+        # how the run trained; every artifact is built from its float32 network whatever this says
+        "training": {"precision": training_precision_of(cfg)},
         "source_run": str(run.resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "calibration": calibration,

@@ -54,11 +54,12 @@ def show_all() -> None:
 
 
 @contextlib.contextmanager
-def native_stderr(replay: bool = True):
+def native_stderr(replay: bool = True, held_on_error: list | None = None):
     """Hold back what native code writes to fd 2 inside the block (when enabled). Python's own
     ``sys.stderr`` keeps going to the terminal meanwhile (progress and messages stay visible).
     On an error the held text is replayed, unless ``replay`` is False because the caller turns
-    the error into its own one-line message. Nested blocks share the outermost one."""
+    the error into its own one-line message; ``held_on_error`` (a list) then receives the held
+    text, for a log file. Nested blocks share the outermost one."""
     global _depth
     if not _enabled or verbose():
         yield
@@ -86,10 +87,14 @@ def native_stderr(replay: bool = True):
                     os.dup2(saved, 2)
                     os.close(saved)
                     sys.stderr = python_stderr
-                    if failed and replay:
+                    if failed:
                         held.seek(0)
-                        sys.stderr.write(held.read().decode("utf-8", "replace"))
-                        sys.stderr.flush()
+                        text = held.read().decode("utf-8", "replace")
+                        if held_on_error is not None:
+                            held_on_error.append(text)
+                        if replay:
+                            sys.stderr.write(text)
+                            sys.stderr.flush()
         finally:
             _depth -= 1
 

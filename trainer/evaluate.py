@@ -17,7 +17,12 @@ from .plots import plot_confusion, plot_prediction_grid, plot_roc
 
 
 def load_run_model(run: Path):
+    """The run's trained model, computing in float32 whatever precision policy it trained under
+    (a mixed-precision run's bfloat16/float16 layers are re-instantiated in float32 with the same
+    weights): conversion, evaluation and insight all read the network a device runs."""
     import keras
+
+    from .model import as_float32
 
     p = Path(run) / R.MODEL
     if not Path(run).is_dir():
@@ -25,10 +30,11 @@ def load_run_model(run: Path):
     if not p.exists():
         raise UserError(f"{p}: no trained model in this run; train first (edgetl train DATA --out {run})")
     try:
-        return keras.saving.load_model(p, compile=False)
+        model = keras.saving.load_model(p, compile=False)
     except Exception as e:
         raise UserError(f"{p}: cannot be loaded as a Keras model ({str(e).splitlines()[0][:120]}); "
                         "re-run training") from None
+    return as_float32(model)
 
 
 def eval_items(run: Path, data: str | None = None,

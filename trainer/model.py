@@ -6,6 +6,7 @@ then sit on the backbone, so there is no weight copying between the two phases.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -119,3 +120,72 @@ def unfreeze_top(base, n_blocks: int, train_bn: bool = False) -> int:
         layer.trainable = train
         count += bool(train and layer.weights)
     return count
+
+
+def training_precision(model) -> str:
+    """The dtype policy the model's layers compute in: "float32", or e.g. "mixed_bfloat16" for a
+    model built under a mixed-precision policy (the first non-float32 policy found)."""
+    for layer in _all_layers(model):
+        name = getattr(getattr(layer, "dtype_policy", None), "name", "float32")
+        if name != "float32":
+            return name
+    return "float32"
+
+
+def as_float32(model):
+    """``model`` computing in float32 throughout: the same architecture re-instantiated under the
+    float32 policy with the trained weights loaded into it. A model trained in mixed precision
+    keeps float32 variables, so no value changes; the copy is checked weight by weight. Why:
+    TFLite cannot convert bfloat16 ops, and a device runs float32 or int8 anyway, so every
+    reader of a run (convert, eval, insight, compare) sees the float32 network. A float32 model
+    is returned as it is."""
+    import keras
+    import numpy as np
+
+    if training_precision(model) == "float32":
+        return model
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    with _global_policy("float32"):
+        clone = keras.saving.deserialize_keras_object(config)
+    weights = [np.asarray(w, np.float32) for w in model.get_weights()]
+    clone.set_weights(weights)
+    copied = clone.get_weights()
+    if len(copied) != len(weights) or any(a.shape != b.shape or not np.array_equal(a, b)
+                                          for a, b in zip(copied, weights)):
+        raise RuntimeError("float32 copy of a mixed-precision model does not hold its weights")
+    if training_precision(clone) != "float32":
+        raise RuntimeError(f"float32 copy still computes in {training_precision(clone)}")
+    return clone
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def _float32_config(node):
+    """A serialized Keras object with every mixed dtype policy replaced by float32."""
+    if isinstance(node, dict):
+        if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(node.get("config"), dict):
+            name = node["config"].get("name", "")
+            if isinstance(name, str) and name.startswith("mixed_"):
+                return {**node, "config": {**node["config"], "name": "float32"}}
+        return {k: _float32_config(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_float32_config(v) for v in node]
+    if isinstance(node, str) and node.startswith("mixed_") and node in ("mixed_bfloat16", "mixed_float16"):
+        return "float32"
+    return node
+
+
+@contextlib.contextmanager
+def _global_policy(name: str):
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

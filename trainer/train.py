@@ -426,8 +426,12 @@ def _track_head(tracker, head: dict) -> None:
 
 
 def _save_model(model, run: Path):
+    """RUN/model.keras always computes in float32 (the mixed-precision policy is how it trained,
+    not what it is): it loads and converts anywhere, on a machine without bfloat16 kernels too."""
+    from .model import as_float32
+
     with replacing(run / R.MODEL) as tmp:
-        model.save(tmp)
+        as_float32(model).save(tmp)
 
 
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
