@@ -4,7 +4,7 @@ every artifact on the run's held-out test split with the device's own code, writ
 Precisions: fp32; fp16 (float16 weights); dynamic (int8 weights, float activations); int8
 (full-integer, builtin int8 ops only, integer input/output, calibrated on training images).
 Files are written under a temporary name and renamed, so an interrupted convert never leaves a
-half-written model; existing artifacts are kept unless ``force``.
+half-written model. What folder may be written and what of it replaced: converter.deploy_folder.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
 
 from trainer import rundir as R
+
+from .deploy_folder import PRECISION_FILES, deploy_target
+from .gate import SMALL_SPLIT, judge
+from .gate import summary as gate_summary
 from trainer.metrics import class_averaged_accuracy
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -142,27 +146,22 @@ def _interrupts():
         signal.signal(signal.SIGINT, previous)
 
 
-def carry_over(out: Path, stage: Path, run: Path, labels: list[str], replaced: set[str]) -> list[dict]:
-    """What the new deploy folder keeps from the old one: artifacts of other precisions that this
-    run converted earlier (same source run and labels, file intact), and files that are not
-    artifacts (e.g. a device's benchmark.json). Another run's artifacts are never mixed in."""
+def carry_over(out: Path, stage: Path, previous: dict | None, same_run: bool, fingerprint: str,
+               replaced: set[str]) -> list[dict]:
+    """What the new deploy folder keeps from the one it replaces: artifacts of other precisions
+    converted earlier from the same model (same run, same weights fingerprint, file intact) and
+    that model's device benchmark. Another model's artifacts are never mixed in."""
     import shutil
 
-    if not out.is_dir():
+    if not previous or not same_run or previous.get("model_fingerprint") != fingerprint:
         return []
-    try:
-        old = R.read_json(out / NAME) if (out / NAME).exists() else {}
-    except UserError:
-        old = {}
-    same_run = isinstance(old, dict) and old.get("source_run") == str(run.resolve()) and old.get("labels") == labels
-    kept = [a for a in ((old.get("artifacts") or []) if same_run else [])
-            if isinstance(a, dict) and a.get("precision") not in replaced and a.get("file")
+    arts = previous.get("artifacts") if isinstance(previous.get("artifacts"), list) else []
+    kept = [a for a in arts
+            if isinstance(a, dict) and a.get("precision") not in replaced and a.get("file") in PRECISION_FILES
+            and a.get("model_fingerprint") == fingerprint
             and (out / a["file"]).is_file() and sha256_file(out / a["file"]) == a.get("sha256")]
-    keep_files = {a["file"] for a in kept}
-    for f in out.iterdir():
-        if f.is_file() and (f.name in keep_files or not (f.suffix == ".tflite" or f.name in (NAME, "labels.txt")
-                                                             or f.name.startswith("."))):
-            shutil.copy2(f, stage / f.name)
+    for name in [a["file"] for a in kept] + (["benchmark.json"] if kept and (out / "benchmark.json").is_file() else []):
+        shutil.copy2(out / name, stage / name)
     return kept
 
 
@@ -201,6 +200,7 @@ class Reference:
     x_val: np.ndarray | None
     val_y: np.ndarray
     val_ref: np.ndarray                # top-1 on x_val of the held-out twin when there is one
+    val_keras_pred: np.ndarray | None = None   # top-1 on x_val of the shipped model (the gate's extra pairs)
 
 
 def _predict(model, x: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -259,12 +259,14 @@ def reference(model, split, size: int, method: str, need_val: bool, heldout=None
     keras_pred = _predict(model, x_test)
     # int8 recovery chooses on the validation split only (never on the test split it is verified on)
     val_paths, val_y = split.paths_labels("val")
-    x_val = load_arrays(val_paths, size, method) if need_val else None
+    small = len(test_y) < SMALL_SPLIT and len(val_y) > 0   # the gate then judges validation photos too
+    x_val = load_arrays(val_paths, size, method) if need_val or small else None
     with head_weights(model, heldout):
         val_ref = _predict(model, x_val) if x_val is not None else np.zeros(0, np.int64)
     return Reference(test_y=test_y, x_test=x_test, keras_pred=keras_pred,
                      keras_acc=float((keras_pred == test_y).mean()) if len(test_y) else 0.0,
-                     draft_changed=changed, x_draft_changed=x_draft, x_val=x_val, val_y=val_y, val_ref=val_ref)
+                     draft_changed=changed, x_draft_changed=x_draft, x_val=x_val, val_y=val_y, val_ref=val_ref,
+                     val_keras_pred=_predict(model, x_val) if small else None)
 
 
 def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels: list[str], threads,
@@ -304,7 +306,7 @@ def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> Use
 
 
 def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, secs: float,
-           choice) -> dict:
+           choice, max_drop: float = 1.0) -> dict:
     """The manifest entry of one written artifact: checked tensor types, test-split accuracy and
     agreement with Keras through the device's own Classifier, draft decoding, delegation."""
     clf = Classifier(path, threads=threads, labels=labels)
@@ -317,6 +319,12 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
     if len(ref.draft_changed):
         pred_d[ref.draft_changed] = clf.top1(ref.x_draft_changed)
     acc_d = float((pred_d == y).mean()) if n else 0.0
+    if ref.val_keras_pred is not None:   # a small test split: the gate judges test + validation pairs
+        val_pred = clf.top1(ref.x_val, label=f"verifying {prec} (validation)")
+        gate = judge(np.concatenate([y, ref.val_y]), np.concatenate([ref.keras_pred, ref.val_keras_pred]),
+                     np.concatenate([pred, val_pred]), max_drop, "test+val")
+    else:
+        gate = judge(y, ref.keras_pred, pred, max_drop, "test")
     rep = graph_report(clf.interpreter)
     i = clf.interpreter.get_input_details()[0]
     o = clf.interpreter.get_output_details()[0]
@@ -324,13 +332,13 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
            "class_avg_accuracy": class_averaged_accuracy(y, pred),
            "drop_points": round(100 * (ref.keras_acc - acc), 3),
            "agreement": float((pred == ref.keras_pred).mean()) if n else 1.0,
-           "conversion_s": round(secs, 2),
+           "conversion_s": round(secs, 2), "gate": gate,
            "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode": float((pred_d == pred).mean()) if n else 1.0,
                           "changed_images": int(len(ref.draft_changed))},
            **rep}
     _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {ref.keras_acc:.4f}, "
          f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
-         f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s")
+         f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s\n         {gate_summary(gate)}")
     return {
         "file": path.name, "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
         "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
@@ -342,13 +350,7 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
         **({"quantization": choice.to_dict()} if choice else {})}
 
 
-def training_precision_of(cfg: dict) -> str:
-    """The Keras dtype policy the run trained under (float32 for runs from before it was recorded)."""
-    hw = cfg.get("hardware") if isinstance(cfg, dict) else None
-    return str(hw.get("precision_policy", "float32")) if isinstance(hw, dict) else "float32"
-
-
-def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: str, io: str, max_drop: float,
+def build_manifest(run: Path, cfg, labels: list[str], size: int, method: str, io: str, max_drop: float,
                    calibration: dict, artifacts: list[dict]) -> dict:
     return {
         "format": FORMAT,
@@ -357,9 +359,9 @@ def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: s
                   # draft JPEG decoding is allowed on the device only when it costs no accuracy here
                   "jpeg_draft": all(abs(a["verification"]["jpeg_draft"]["accuracy"] - a["verification"]["accuracy"])
                                     <= max_drop / 100 for a in artifacts)},
-        "backbone": cfg.get("backbone", {}),
+        "backbone": cfg.backbone,
         # how the run trained; every artifact is built from its float32 network whatever this says
-        "training": {"precision": training_precision_of(cfg)},
+        "training": {"precision": cfg.precision_policy},
         "source_run": str(run.resolve()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "calibration": calibration,
@@ -369,13 +371,13 @@ def build_manifest(run: Path, cfg: dict, labels: list[str], size: int, method: s
 
 
 def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
-    """Record each artifact's verdict (the device refuses a failed one as its default); returns
-    the failed ones: an int8 that loses more than ``max_drop`` points."""
-    failed = [a for a in artifacts if a["precision"] == "int8" and a["verification"]["drop_points"] > max_drop]
+    """Record each artifact's verdict from its paired-prediction gate (converter.gate; the device
+    refuses a failed one as its default); returns the failed ones."""
+    failed = [a for a in artifacts if a["verification"]["gate"]["verdict"] == "failed"]
     for a in artifacts:
         a["verification"]["status"] = "failed" if a in failed else "passed"
         if a in failed:
-            a["verification"]["failure"] = f"drop {a['verification']['drop_points']:.2f} points > --max-drop {max_drop}"
+            a["verification"]["failure"] = gate_summary(a["verification"]["gate"])
     return failed
 
 
@@ -390,6 +392,8 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     from trainer.data.sampling import stratified_sample
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
+    from trainer.model import weights_fingerprint
+    from trainer.run import read_config
     from trainer.tracking import Tracker
 
     from .calibration import representative_dataset
@@ -403,21 +407,22 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
     if "int8" in precisions and calibration_samples < MIN_CALIBRATION:
         raise UserError(f"--calibration-samples {calibration_samples}: int8 sets its ranges from calibration "
                         f"photos; give {MIN_CALIBRATION} or more (default 300)")
-    model = load_run_model(run)
-    cfg = R.read_json(run / R.CONFIG)
+    out = Path(out) if out else run / R.DEPLOY
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    target = deploy_target(out, run, R.DEPLOY, force)   # before any work: what may be replaced
+    _check_writable(out)
+    cfg = read_config(run)
     labels = R.read_labels(run)
+    model = load_run_model(run)
     size = int(model.inputs[0].shape[1])
     n_out = int(model.outputs[0].shape[-1])
     if len(labels) != n_out:
         raise UserError(f"{run / R.LABELS}: {len(labels)} class name(s) for a model with {n_out} outputs; "
                         "restore labels.txt from the training run (one class per line, in output order)")
     method = R.read_resize(run)
-    out = Path(out) if out else run / R.DEPLOY
-    _check_writable(out)
     names = {p: f"model_{p}.tflite" for p in precisions}
-    clash = [n for n in names.values() if (out / n).exists()]
-    if clash and not force:
-        raise UserError(f"{out / clash[0]}: exists; pass --force to overwrite or --out another folder")
+    fingerprint = weights_fingerprint(model)
 
     split = Split.of_run(run, data_root)
     tpaths, ty = split.paths_labels("train")
@@ -447,16 +452,19 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                                                run, twin, x_calib)
                 blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
-                                name=f"edgetl {cfg.get('backbone', {}).get('name', 'model')} {prec}",
+                                name=f"edgetl {cfg.backbone_name} {prec}",
                                 description=f"image classifier over {len(labels)} classes, trained by edgetl")
                 path = stage / names[prec]
                 _atomic_write(path, blob)
-                artifacts.append(verify(path, prec, io, ref, labels, method, threads, time.time() - t0, choice))
+                artifacts.append(verify(path, prec, io, ref, labels, method, threads, time.time() - t0, choice, max_drop))
         R.write_text(stage / "labels.txt", "\n".join(labels) + "\n")
         calibration = {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
                        "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False}
         manifest = build_manifest(run, cfg, labels, size, method, io, max_drop, calibration, artifacts)
-        kept = carry_over(out, stage, run, labels, {a["precision"] for a in artifacts})
+        for a in artifacts:
+            a["model_fingerprint"] = fingerprint
+        manifest["model_fingerprint"] = fingerprint
+        kept = carry_over(out, stage, target.previous, target.same_run, fingerprint, {a["precision"] for a in artifacts})
         manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
         failed = mark_failures(artifacts, max_drop)
         manifest["default"] = default_precision(manifest["artifacts"])
@@ -466,7 +474,10 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
         "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
         "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})
     for a in failed:
-        v = a["verification"]
-        raise UserError(f"{out / a['file']}: int8 accuracy {v['accuracy']:.4f} is {v['drop_points']:.2f} points "
-                        f"below Keras {v['keras_accuracy']:.4f} (limit --max-drop {max_drop})")
+        v, g = a["verification"], a["verification"]["gate"]
+        others = [x["precision"] for x in manifest["artifacts"] if x not in failed]
+        raise UserError(f"{out / a['file']}: {a['precision']} loses to float: {gate_summary(g)}; it is kept but "
+                        f"not the default. Ways on: a larger budget (--max-drop {max(max_drop * 2, g['drop_points']):.1f}), "
+                        f"int8 recovery if it was off (drop --no-int8-recovery), more calibration photos "
+                        f"(--calibration-samples), or ship {others[0] if others else 'the fp32 artifact (--fp32)'}")
     return manifest

@@ -6,6 +6,7 @@ goes through it."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -20,16 +21,35 @@ def replacing(path: str | Path, durable: bool = False) -> Iterator[Path]:
     was. ``durable``: flush the bytes to disk before the rename (artifacts that must survive a
     power cut)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise not_written(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+# what the disk or the folder refuses, as opposed to a bug: named with the fix, never a traceback
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
+
+
+def not_written(path: Path, e: OSError) -> Exception:
+    """``e`` (raised while writing ``path``) as one line for the user when the disk or folder
+    refused the write; any other error as it was."""
+    from .errors import UserError
+
+    if e.errno not in WRITE_ERRNOS:
+        return e
+    fix = ("free some space, or pass another output folder" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "pass an output folder you can write to")
+    return UserError(f"{path}: not written ({e.strerror}); {fix}; nothing half-written was left")
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
@@ -53,12 +73,9 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
     the new folder's, never a mix. When the block fails (error, Ctrl-C) it is removed and
     ``path`` is as it was; one left by a killed process is removed by the next call."""
     import shutil
-    import tempfile
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-{os.getpid()}-", dir=path.parent))
+    stage = _new_stage(path)
     try:
         yield stage
         if not path.exists():
@@ -70,9 +87,47 @@ def replacing_dir(path: str | Path) -> Iterator[Path]:
             os.rename(path, old)
             os.rename(stage, path)
             shutil.rmtree(old)
+    except OSError as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise not_written(path, e) from None
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _new_stage(path: Path) -> Path:
+    """An empty hidden folder beside ``path`` (mode from the umask, like any new folder)."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path)
+        stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-{os.getpid()}-", dir=path.parent))
+        os.chmod(stage, 0o777 & ~_umask())   # mkdtemp makes it 0700
+    except OSError as e:
+        raise not_written(path, e) from None
+    return stage
+
+
+@contextlib.contextmanager
+def staging_dir(path: str | Path) -> Iterator[Path]:
+    """An empty hidden folder beside ``path`` for writing many files that the caller then moves
+    into place; always removed at the end (one left by a killed process goes on the next call)."""
+    import shutil
+
+    stage = _new_stage(Path(path))
+    try:
+        yield stage
+    except OSError as e:
+        raise not_written(Path(path), e) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -1,6 +1,7 @@
 """`Classifier`: a deploy folder (or a .tflite) -> top-k labels for photos and camera frames."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from .errors import UserError
 from .image import RESIZE_METHOD, ImageInput, check_resize_method, load_image
 from .interpreter import interpreter_class, load_interpreter
 from .log import warn_once
-from .manifest import NAME, load_manifest, sha256_file
+from .manifest import NAME, load_manifest
 
 
 class Classifier:
@@ -30,22 +31,26 @@ class Classifier:
             self.manifest = load_manifest(p)
             art = self.manifest.artifact(precision)
             path = p / art.file
-            if not path.exists():
+            if not path.is_file():
                 raise UserError(f"{path}: listed in {p / NAME} but missing; copy the deploy folder again")
-            if verify and sha256_file(path) != art.sha256:
+            # read once: the bytes whose sha256 is checked are the bytes that run (a file being
+            # overwritten in place meanwhile can neither pass the check nor crash a memory map)
+            blob = _read_model(path)
+            if verify and hashlib.sha256(blob).hexdigest() != art.sha256:
                 raise UserError(f"{path}: sha256 does not match {p / NAME} (damaged or replaced file); "
                                 "copy it again or pass --no-verify")
             self.labels = labels or self.manifest.labels
             self.resize_method = self.manifest.resize
             self.precision = art.precision
             self.probabilities = art.output.get("probabilities", True)
-            _cross_check(p / NAME, path, self.manifest.labels, self.probabilities)
+            _cross_check(p / NAME, path, self.manifest.labels, self.probabilities, blob)
             # JPEG draft decoding only where the converter verified it changes no accuracy
             self.draft = bool(self.manifest.data["input"].get("jpeg_draft", False))
         elif p.is_file():
             # a bare .tflite: labels and facts embedded by the converter, else a labels.txt beside it
             path = p
-            emb_labels, info = embedded_info(p)
+            blob = _read_model(p)
+            emb_labels, info = embedded_info(blob)
             lf = p.with_name("labels.txt")
             self.labels = labels or emb_labels or (
                 [l for l in lf.read_text().splitlines() if l] if lf.exists() else None)
@@ -63,7 +68,7 @@ class Classifier:
             raise UserError(f"{p}: no such model file or deploy folder")
         check_resize_method(self.resize_method)  # a newer converter's method: say so before loading
         self.path = path
-        self.interpreter = load_interpreter(path, threads)
+        self.interpreter = load_interpreter(path, threads, content=blob)
         self.runtime = interpreter_class()[1]   # which TFLite runtime runs it (ai-edge-litert, ...)
         # a single frame's resize may use every core: inference waits for it anyway
         self.resize_workers = min(4, os.cpu_count() or 1)
@@ -140,11 +145,18 @@ class Classifier:
         return [self.classify(im, top_k) for im in images]
 
 
-def _cross_check(manifest: Path, model: Path, labels: list[str], probabilities: bool) -> None:
+def _read_model(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); copy the deploy folder again") from None
+
+
+def _cross_check(manifest: Path, model: Path, labels: list[str], probabilities: bool, blob: bytes) -> None:
     """The manifest is not covered by any hash; the converter embeds the labels and output meaning
     in each .tflite too. A disagreement means an edited manifest or a model from another run:
     wrong class names or raw scores would follow, so refuse."""
-    emb_labels, info = embedded_info(model)
+    emb_labels, info = embedded_info(blob)
     if emb_labels is not None and emb_labels != list(labels):
         raise UserError(f"{manifest}: its labels differ from those embedded in {model.name} "
                         f"({labels[:3]}... vs {emb_labels[:3]}...); copy the deploy folder again or re-run edgetl convert")

@@ -25,12 +25,14 @@ def interpreter_class():
         raise UserError("no TFLite interpreter installed: pip install 'edgetl[edge]' (ai-edge-litert)") from None
 
 
-def load_interpreter(path, threads: int | None = None):
-    """An allocated interpreter for ``path``, or UserError naming the file."""
+def load_interpreter(path, threads: int | None = None, content: bytes | None = None):
+    """An allocated interpreter for ``path`` (from ``content``, its bytes, when given: then the
+    file is not read again), or UserError naming the file."""
     Interpreter, _ = interpreter_class()
+    source = {"model_content": content} if content is not None else {"model_path": str(path)}
     try:
         with native_stderr(replay=False):   # LiteRT announces its delegate on fd 2; errors say why below
-            it = Interpreter(model_path=str(path), num_threads=threads)
+            it = Interpreter(**source, num_threads=threads)
             it.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a usable .tflite model ({str(e).splitlines()[0][:120]}); "

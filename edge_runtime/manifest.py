@@ -94,9 +94,11 @@ def load_manifest(folder: Path) -> Manifest:
     if not p.exists():
         raise UserError(f"{p}: no manifest; pass the folder `edgetl convert` wrote (RUN/deploy)")
     try:
-        data = json.loads(p.read_text())
-    except ValueError as e:
-        raise UserError(f"{p}: damaged manifest ({e}); copy the deploy folder again") from None
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:   # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
+        raise UserError(f"{p}: damaged manifest ({str(e)[:80] or type(e).__name__}); copy the deploy folder again") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot be read ({e.strerror}); copy the deploy folder again") from None
     problem = schema_problem(data)
     if problem:
         raise UserError(f"{p}: not a valid edgetl manifest ({problem}); copy the deploy folder again "
@@ -119,12 +121,40 @@ def schema_problem(data) -> str | None:
     arts = data.get("artifacts")
     if not isinstance(arts, list) or not arts:
         return "'artifacts' must be a non-empty list"
+    if isinstance(inp.get("size"), bool) or not 0 < inp["size"] <= 8192:
+        return "'input.size' must be a side in pixels (1-8192)"
     for k, a in enumerate(arts):
-        if not isinstance(a, dict):
-            return f"artifact {k} is not an object"
-        for key in ("file", "sha256", "precision"):
-            if not isinstance(a.get(key), str) or not a.get(key):
-                return f"artifact {k} has no {key!r}"
+        problem = _artifact_problem(a)
+        if problem:
+            return f"artifact {k}: {problem}"
     if data.get("default") is not None and not isinstance(data.get("default"), str):
         return "'default' must be a precision name or null"
+    return None
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _artifact_problem(a) -> str | None:
+    """What is wrong with one artifact entry, or None: every field the device reads."""
+    if not isinstance(a, dict):
+        return "not an object"
+    for key in ("file", "sha256", "precision"):
+        if not isinstance(a.get(key), str) or not a.get(key):
+            return f"no {key!r}"
+    f = a["file"]
+    if f in (".", "..") or "/" in f or "\\" in f or "\0" in f:
+        return f"'file' {f!r} must be a file name inside the deploy folder"
+    if not isinstance(a.get("bytes"), int) or isinstance(a.get("bytes"), bool) or a["bytes"] < 0:
+        return "'bytes' must be a file size"
+    for side in ("input", "output"):
+        t = a.get(side)
+        if not isinstance(t, dict) or not isinstance(t.get("dtype"), str) or not _number(t.get("scale")) \
+                or not isinstance(t.get("zero_point"), int) or isinstance(t.get("zero_point"), bool):
+            return f"{side!r} must give 'dtype', 'scale' and 'zero_point'"
+    if "probabilities" in a["output"] and not isinstance(a["output"]["probabilities"], bool):
+        return "'output.probabilities' must be true or false"
+    if not isinstance(a.get("verification"), dict):
+        return "'verification' must be an object"
     return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 import sys
 
 import click
@@ -157,7 +158,7 @@ def eval_cmd(run, data, data_root, as_json, track):
     from trainer.evaluate import evaluate_run
 
     m = evaluate_run(run, data=data, track=track, data_root=data_root)
-    rep = m["test" if data is None else f"data:{data}"]
+    rep = m["test" if data is None else f"data:{Path(data).resolve()}"]
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return
@@ -201,8 +202,12 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
 @click.option("--io", type=click.Choice(["uint8", "int8", "float"]), default="uint8", show_default=True,
               help="int8 model input/output type (uint8 suits camera pixels).")
 @click.option("--calibration-samples", default=300, show_default=True)
-@click.option("--max-drop", default=1.0, show_default=True, help="Fail when int8 loses more accuracy points.")
-@click.option("--force", is_flag=True, help="Overwrite existing artifacts.")
+@click.option("--max-drop", default=1.0, show_default=True,
+              help="Accuracy budget in points: an artifact fails verification when it loses more than this "
+                   "against float AND an exact McNemar test on the photos where they disagree says the loss is "
+                   "not chance (p < 0.05). Validation photos join a test split under 200.")
+@click.option("--force", is_flag=True, help="Replace another run's edgetl deploy folder. A re-run replaces this "
+              "run's own artifacts without it; a folder holding files edgetl did not write is always refused.")
 @click.option("--verbose", is_flag=True, help="Also print int8's per-layer quantization error (worst layers).")
 @click.option("--no-int8-recovery", is_flag=True,
               help="Plain full-int8: do not keep the most sensitive layers in float even when int8 "

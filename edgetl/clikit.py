@@ -44,6 +44,14 @@ def friendly(fn):
                 raise
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
+        except OSError as e:   # a write the disk or folder refused outside the atomic helpers
+            from edge_runtime.atomic import WRITE_ERRNOS
+
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            click.echo(f"error: {e.filename or 'output'}: not written ({e.strerror}); free some space or pass "
+                       "an output folder you can write to", err=True)
+            sys.exit(2)
     return wrapper
 
 

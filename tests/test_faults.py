@@ -4,6 +4,7 @@ import json
 import pytest
 
 from tests.conftest import SAMPLES, run_cli
+from trainer.evaluate import data_name
 
 
 def _one_error_line(r, starts: str):
@@ -190,8 +191,9 @@ def test_eval_on_other_data_keeps_the_test_results_and_names_skipped_files(small
     assert r.returncode == 0, r.stderr[-2000:]
     assert any(l.startswith("warning: skipped") and "broken.jpg" in l for l in r.stderr.splitlines()), r.stderr
     assert {p.name: p.read_bytes() for p in (run / "plots").glob("*.png")} == before
-    assert (run / "plots" / "data_field_photos" / "confusion_matrix.png").is_file()
-    assert "plots/data_field_photos/" in r.stdout
+    report = data_name(data)
+    assert report.startswith("data_field_photos-") and (run / "plots" / report / "confusion_matrix.png").is_file()
+    assert f"plots/{report}/" in r.stdout
     m = json.loads((run / "metrics.json").read_text())
     assert m["test"] == test_before and m[f"data:{data}"]["n"] == 12
 

@@ -18,6 +18,7 @@ from edge_runtime.errors import UserError
 
 from . import rundir as R
 from .history import fingerprints, is_run
+from .run import read_config, read_metrics, read_predictions
 
 OVERALL = ("accuracy", "class_avg_accuracy", "macro_f1", "macro_auc")
 PER_CLASS = ("accuracy", "precision", "recall")
@@ -84,10 +85,10 @@ def _names(runs: list[Path]) -> list[str]:
 def _load(run: Path) -> tuple[dict, dict]:
     if not is_run(run):
         raise UserError(f"{run}: not a run directory (no config.json from `edgetl train`)")
-    m = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
+    m = read_metrics(run)
     if not m.get("test"):
         raise UserError(f"{run}: no test metrics yet; finish training or run `edgetl eval {run}`")
-    return R.read_json(run / R.CONFIG), m
+    return read_config(run).to_dict(), m
 
 
 def outcomes(run: Path) -> dict[str, tuple[str, str]]:
@@ -95,16 +96,13 @@ def outcomes(run: Path) -> dict[str, tuple[str, str]]:
     from .data.split import Split
 
     sp = Split.load(run / R.SPLIT)
-    p = run / R.PREDICTIONS / "test.npz"
-    if p.exists():
-        z = np.load(p)
-        classes = [str(c) for c in z["classes"]]
-        pred = z["probs"].argmax(axis=1)
-        return {_relative(f, sp.root): (classes[int(t)], classes[int(q)])
-                for f, t, q in zip(z["files"], z["y"], pred)}
+    if (run / R.PREDICTIONS / "test.npz").exists():
+        files, y, probs, classes = read_predictions(run)
+        pred = probs.argmax(axis=1)
+        return {_relative(f, sp.root): (classes[int(t)], classes[int(q)]) for f, t, q in zip(files, y, pred)}
     # runs from before the scores were kept: right unless listed as misclassified
     wrong = {}
-    for m in R.read_json(run / R.METRICS)["test"].get("misclassified", []):
+    for m in read_metrics(run)["test"].get("misclassified", []):
         wrong[_relative(m["file"], sp.root)] = m["predicted"]
     return {rel: (label, wrong.get(rel, label)) for rel, label in sp["test"]}
 
@@ -248,8 +246,7 @@ def _root(run: Path) -> Path:
 
 def _scores(run: Path):
     """(y, probs, classes) of the run's test split, or None when not saved."""
-    p = run / R.PREDICTIONS / "test.npz"
-    if not p.exists():
+    if not (run / R.PREDICTIONS / "test.npz").exists():
         return None
-    z = np.load(p)
-    return z["y"], z["probs"], [str(c) for c in z["classes"]]
+    _, y, probs, classes = read_predictions(run)
+    return y, probs, classes

@@ -5,19 +5,72 @@ are generated from these fields, so a default or a description lives in one plac
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from edge_runtime.image import RESIZE_METHOD, RESIZE_METHODS
 
 
-def opt(default, help: str, choices: tuple | None = None, flag: str | None = None):
-    """A config field with its CLI help; ``flag`` names the switch of a boolean (e.g. --no-refit)."""
-    meta = {"help": help}
+def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, range: Range | None = None):
+    """A config field with its CLI help; ``flag`` names the switch of a boolean (e.g. --no-refit);
+    ``range``: the values that make sense (checked when the config is made, shown in --help)."""
+    meta = {"help": help + (f" [{range.text()}]" if range else "")}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if flag is not None:
         meta["flag"] = flag
+    if range is not None:
+        meta["range"] = range
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: ``low``/``high`` bounds, open (excluded) or closed. NaN and
+    infinities are never allowed: they train nothing and write NaN into every result."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
+        return f"{lo}x {'<' if self.high_open else '<='} {self.high:g}"
+
+    def holds(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
+
+
+def check_ranges(config) -> None:
+    """One UserError naming the first option of ``config`` outside its range (fields with a
+    ``range`` in their metadata; a tuple is checked element by element)."""
+    from edge_runtime.errors import UserError
+
+    for f in fields(config):
+        rng = f.metadata.get("range")
+        value = getattr(config, f.name)
+        if rng is None or value is None:
+            continue
+        for x in (value if isinstance(value, (tuple, list)) else (value,)):
+            if not isinstance(x, (int, float)) or isinstance(x, bool) or not rng.holds(float(x)):
+                shown = ",".join(map(_shown, value)) if isinstance(value, (tuple, list)) else _shown(value)
+                raise UserError(f"--{f.name.replace('_', '-')} {shown}: must be {rng.text()}")
+
+
+def _shown(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
+
+
+POSITIVE = Range(0, None, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)
 
 
 @dataclass
@@ -25,8 +78,8 @@ class TrainConfig:
     data: str = field(metadata={"cli": False})
     out: str = field(metadata={"cli": False})
     backbone: str = opt("mobilenet_v2", "Registry name (edgetl backbones lists them) or hub:<handle-or-dir>.")
-    alpha: float | None = opt(None, "Width multiplier (MobileNets); default: the backbone's.")
-    size: int | None = opt(None, "Input side in pixels; default: the backbone's native size.")
+    alpha: float | None = opt(None, "Width multiplier (MobileNets); default: the backbone's.", range=POSITIVE)
+    size: int | None = opt(None, "Input side in pixels; default: the backbone's native size.", range=Range(16, 2048))
     weights: str = opt("imagenet", "imagenet | none | PATH to a weights file.")
     head: str = opt("softmax", "softmax: logistic regression on the features; linear-svm: squared hinge.",
                     choices=("softmax", "linear-svm"))
@@ -44,26 +97,29 @@ class TrainConfig:
                                     "train+val. sgd: Adam epochs with dropout and label smoothing (--epochs, "
                                     "--lr, --dropout, --l2).", choices=("lbfgs", "sgd"))
     refit: bool = opt(True, "lbfgs: keep the head fit on train only (no refit on train+val).", flag="--no-refit")
-    epochs: int = opt(60, "sgd head: max epochs on cached features.")
-    batch_size: int = opt(32, "Images (or cached feature vectors) per step.")
-    lr: float = opt(1e-3, "sgd head: learning rate.")
-    dropout: float = opt(0.2, "sgd head: dropout before the dense layer.")
-    l2: float = opt(1e-4, "sgd head: L2 penalty on the dense layer.")
-    label_smoothing: float = opt(0.1, "sgd head and fine-tuning: label smoothing of the cross-entropy.")
+    epochs: int = opt(60, "sgd head: max epochs on cached features.", range=AT_LEAST_ONE)
+    batch_size: int = opt(32, "Images (or cached feature vectors) per step.", range=AT_LEAST_ONE)
+    lr: float = opt(1e-3, "sgd head: learning rate.", range=POSITIVE)
+    dropout: float = opt(0.2, "sgd head: dropout before the dense layer.", range=FRACTION)
+    l2: float = opt(1e-4, "sgd head: L2 penalty on the dense layer.", range=NON_NEGATIVE)
+    label_smoothing: float = opt(0.1, "sgd head and fine-tuning: label smoothing of the cross-entropy.",
+                                range=FRACTION)
     class_weights: str = opt("auto", "auto: balanced when the largest class has 1.5x the smallest or more.",
                              choices=("auto", "balanced", "none"))
-    patience: int = opt(10, "sgd head: epochs without a validation gain before stopping.")
+    patience: int = opt(10, "sgd head: epochs without a validation gain before stopping.", range=NON_NEGATIVE)
     # phase 2: fine-tuning
     fine_tune: bool = opt(False, "Phase 2: unfreeze the top blocks and train on images.", flag="--fine-tune")
-    fine_tune_blocks: int = opt(6, "Fine-tuning: how many of the backbone's last blocks train.")
-    fine_tune_epochs: int = opt(8, "Fine-tuning: max epochs.")
-    fine_tune_lr: float = opt(1e-4, "Fine-tuning: peak learning rate (cosine schedule after warm-up).")
-    warmup_epochs: float = opt(0.5, "Fine-tuning: epochs of linear learning-rate warm-up.")
-    fine_tune_patience: int = opt(3, "Fine-tuning: epochs without a validation gain before stopping.")
+    fine_tune_blocks: int = opt(6, "Fine-tuning: how many of the backbone's last blocks train.", range=NON_NEGATIVE)
+    fine_tune_epochs: int = opt(8, "Fine-tuning: max epochs.", range=AT_LEAST_ONE)
+    fine_tune_lr: float = opt(1e-4, "Fine-tuning: peak learning rate (cosine schedule after warm-up).", range=POSITIVE)
+    warmup_epochs: float = opt(0.5, "Fine-tuning: epochs of linear learning-rate warm-up.", range=NON_NEGATIVE)
+    fine_tune_patience: int = opt(3, "Fine-tuning: epochs without a validation gain before stopping.",
+                                 range=NON_NEGATIVE)
     augment: bool = opt(True, "Fine-tune without augmentation.", flag="--no-augment")
     # data and reproducibility
-    fractions: tuple[float, float, float] = opt((0.8, 0.1, 0.1), "train,val,test shares of the split.")
-    seed: int = opt(0, "Split, augmentation and solver seed: same seed, same run.")
+    fractions: tuple[float, float, float] = opt((0.8, 0.1, 0.1), "train,val,test shares of the split.",
+                                                range=NON_NEGATIVE)
+    seed: int = opt(0, "Split, augmentation and solver seed: same seed, same run.", range=NON_NEGATIVE)
     # hardware
     backend: str | None = opt(None, "Keras backend to train on (default: $KERAS_BACKEND, else Keras' configured "
                                     "one). A run trained on JAX converts with edgetl[train] like any other.",
@@ -74,6 +130,12 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "auto: bfloat16 on GPUs that have it (float16 on older ones), off on CPU.",
                                choices=("auto", "on", "off"))
     extra: dict = field(default_factory=dict, metadata={"cli": False})
+
+    def __post_init__(self):
+        check_ranges(self)
+        if self.fractions[0] <= 0:
+            from edge_runtime.errors import UserError
+            raise UserError(f"--fractions {','.join(f'{v:g}' for v in self.fractions)}: the train share must be above 0")
 
     def to_dict(self) -> dict:
         d = asdict(self)

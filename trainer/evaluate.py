@@ -59,8 +59,13 @@ def eval_items(run: Path, data: str | None = None,
 
 
 def data_name(data: str) -> str:
-    """Where `eval --data DIR` keeps its plots: RUN/plots/data_<folder name>."""
-    return "data_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(str(data).rstrip("/")).name)
+    """Where `eval --data DIR` keeps its plots: RUN/plots/data_<folder name>-<hash of its full path>,
+    so two folders of the same name (A/photos, B/photos) never share (or overwrite) a report."""
+    import hashlib
+
+    full = str(Path(str(data)).resolve())
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(full).name)
+    return f"data_{name}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
@@ -86,7 +91,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
         probs = predict_images(model, paths, size, batch_size, method, hw, verbose=1 if sys.stderr.isatty() else 0)
     report = classification_report(y, probs, classes, files=paths)
     metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
-    key = split_name if data is None else f"data:{data}"
+    key = split_name if data is None else f"data:{Path(data).resolve()}"
     metrics[key] = report
     R.write_json(run / R.METRICS, metrics)
     if data is None:  # kept so runs can be compared image by image (ROC overlays, disagreements)

@@ -59,13 +59,10 @@ class RunSummary:
 
 
 def is_run(path: Path) -> bool:
-    p = Path(path) / R.CONFIG
-    if not p.is_file():
-        return False
-    try:
-        return "train" in R.read_json(p)
-    except (UserError, TypeError):
-        return False
+    """A folder `edgetl train` made: its config.json beside its labels or split lists (a damaged
+    config.json still makes it a run, listed as damaged, not passed over)."""
+    p = Path(path)
+    return (p / R.CONFIG).is_file() and ((p / R.LABELS).is_file() or (p / R.SPLIT).is_dir())
 
 
 def find_runs(roots: list[Path]) -> list[Path]:
@@ -144,17 +141,18 @@ def latency_index(roots: list[Path], runs: list[Path]) -> dict[str, tuple[float,
 
 def summarise(run: Path, latency: dict | None = None) -> RunSummary:
     """One run's row, read from its files."""
+    from .run import read_config, read_metrics, read_state
+
     run = Path(run)
-    cfg = R.read_json(run / R.CONFIG)
-    t, bb = cfg.get("train", {}), cfg.get("backbone", {})
-    metrics = R.read_json(run / R.METRICS) if (run / R.METRICS).exists() else {}
-    state = R.read_json(run / R.STATE) if (run / R.STATE).exists() else {}
+    cfg = read_config(run)
+    t = cfg.train
+    metrics, state = read_metrics(run), read_state(run)
     test = metrics.get("test") or {}
     done = state.get("phase") == "done" and bool(test)
     stamp = max((run / f).stat().st_mtime for f in (R.CONFIG, R.METRICS, R.STATE) if (run / f).exists())
     try:
         fp = fingerprints(run)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, UserError):
         fp = {}
     arts = []
     man = run / R.DEPLOY / "manifest.json"
@@ -174,12 +172,21 @@ def summarise(run: Path, latency: dict | None = None) -> RunSummary:
     return RunSummary(
         run=str(run), when=time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)),
         status="done" if done else f"incomplete ({state.get('phase') or 'not started'})",
-        data=t.get("data", "?"), data_fingerprint=fp.get("data"), test_fingerprint=fp.get("test"),
-        backbone=bb.get("name", t.get("backbone", "?")), alpha=bb.get("alpha", t.get("alpha")),
-        size=int(bb.get("size") or t.get("size") or 0), head=t.get("head", "softmax"),
-        head_solver=t.get("head_solver", "sgd"), fine_tuned=bool(t.get("fine_tune")),
+        data=str(t.get("data", "?")), data_fingerprint=fp.get("data"), test_fingerprint=fp.get("test"),
+        backbone=cfg.backbone_name, alpha=cfg.alpha, size=cfg.size, head=str(t.get("head", "softmax")),
+        head_solver=str(t.get("head_solver", "sgd")), fine_tuned=bool(t.get("fine_tune")),
         accuracy=test.get("accuracy"), class_avg_accuracy=test.get("class_avg_accuracy"),
         n_test=test.get("n"), artifacts=arts)
+
+
+def _summary_or_damaged(run: Path, latency: dict) -> RunSummary:
+    """One damaged run never hides the others: it is listed as damaged, with the reason."""
+    try:
+        return summarise(run, latency)
+    except UserError as e:
+        return RunSummary(run=str(run), when="-", status=f"damaged: {e}", data="?", data_fingerprint=None,
+                          test_fingerprint=None, backbone="?", alpha=None, size=0, head="?", head_solver="?",
+                          fine_tuned=False, accuracy=None, class_avg_accuracy=None, n_test=None)
 
 
 def assign_groups(rows: list[RunSummary]) -> None:
@@ -203,7 +210,7 @@ def list_runs(roots: list[str | Path], sort: str = "when") -> list[RunSummary]:
     roots = [Path(r) for r in roots] or [Path(".")]
     runs = find_runs(roots)
     lat = latency_index(roots, runs)
-    rows = [summarise(r, lat) for r in runs]
+    rows = [_summary_or_damaged(r, lat) for r in runs]
     assign_groups(rows)
     return sorted(rows, key=_sort_key(sort))
 

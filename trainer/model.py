@@ -189,3 +189,19 @@ def _global_policy(name: str):
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's weights (shapes and float32 values, in layer order): what binds
+    a deploy folder's artifacts to the one network they were converted from. Retraining, even at
+    the same size into the same run folder, changes it; saving or loading the same model does not."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        a = np.ascontiguousarray(np.asarray(w, np.float32))
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]

@@ -73,12 +73,28 @@ def write_npz(path: Path, **arrays) -> None:
 
 def read_resize(run: Path) -> str:
     """The resize the run was trained with; runs from before it was a choice used bilinear."""
-    cfg = Path(run) / CONFIG
-    return read_json(cfg).get("input", {}).get("resize", RESIZE_METHOD) if cfg.exists() else RESIZE_METHOD
+    from .run import read_config
+
+    return read_config(run).resize if (Path(run) / CONFIG).exists() else RESIZE_METHOD
 
 
 def read_labels(run: Path) -> list[str]:
-    return [l for l in (Path(run) / LABELS).read_text().splitlines() if l]
+    """The run's class names in output order, checked against the class order the run recorded
+    when it was split and trained (RUN/split/split.json): a labels.txt whose lines were reordered,
+    renamed or cut would name every prediction wrongly, so it is refused, never used."""
+    path = Path(run) / LABELS
+    fix = "restore it from a full copy of the run, or train again (edgetl train DATA --out RUN)"
+    text = read_user_file(path, missing=f"missing from the run folder; {fix}", unreadable=f"damaged; {fix}")
+    labels = [line for line in text.splitlines() if line]
+    split_json = Path(run) / SPLIT / "split.json"
+    if split_json.exists():
+        meta = read_json(split_json)
+        recorded = meta.get("classes") if isinstance(meta, dict) else None
+        if isinstance(recorded, list) and labels != recorded:
+            raise UserError(f"{path}: the class names {labels[:4]}{'...' if len(labels) > 4 else ''} differ from the "
+                            f"order the model was trained with {recorded[:4]}{'...' if len(recorded) > 4 else ''} "
+                            f"({split_json}); {fix}")
+    return labels
 
 
 def _default(o):

@@ -434,13 +434,39 @@ def _save_model(model, run: Path):
         as_float32(model).save(tmp)
 
 
+# what a run that stopped before any work worth resuming can hold (all written by edgetl); one
+# with cached features or checkpoints is continued with --resume instead
+_STARTED_ONLY = {R.SPLIT, R.CONFIG, R.LABELS, R.STATE, R.LOGS, R.TRACKING}
+
+
+def _clear_failed_start(run: Path) -> bool:
+    """A run folder left by a start that failed before any model was trained (bad data found
+    late, Ctrl-C during feature extraction) holds only edgetl's own files: clear them so the same
+    command can be run again. Anything else (a trained model, a user's file) keeps the folder."""
+    import shutil
+
+    entries = list(run.iterdir())
+    if any(e.name not in _STARTED_ONLY for e in entries):
+        return False
+    if (run / R.STATE).exists():
+        try:
+            if R.read_json(run / R.STATE).get("phase") != "started":
+                return False
+        except (UserError, AttributeError):
+            return False
+    for e in entries:
+        shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+    _log(f"note: {run} held only what a failed start left (no trained model); starting it again")
+    return True
+
+
 def prepare_run(cfg: TrainConfig, resume: bool) -> tuple[Path, Split]:
     """Create the run directory with config, labels and split (or reload them to resume)."""
     run = Path(cfg.out)
     if resume:
         split = Split.load(run / R.SPLIT)
         return run, split
-    if run.exists() and any(run.iterdir()):
+    if run.exists() and any(run.iterdir()) and not _clear_failed_start(run):
         raise UserError(f"{run}: run directory exists and is not empty; choose a new --out, or use "
                         f"`edgetl train --resume {run}` to continue it")
     from edge_runtime.log import Progress
@@ -477,7 +503,8 @@ def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> d
         run = Path(cfg.out)
         if not (run / R.CONFIG).exists():
             raise UserError(f"{run}: no config.json here, nothing to resume; start with `edgetl train DATA --out {run}`")
-        cfg = TrainConfig.from_dict(R.read_json(run / R.CONFIG)["train"])
+        from .run import read_config
+        cfg = read_config(run).train_config()
         cfg.out = str(run)   # the folder given, wherever the run was started or moved from
         if _state(run).get("phase") == "done":
             _log(f"{run}: already finished")

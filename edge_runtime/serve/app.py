@@ -267,10 +267,7 @@ def create_app(cfg: ServeConfig):
             body = await read_body(request)
         except ClientDisconnect:
             return Response(status_code=499)
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPError(400, "request body is not JSON (the v2 infer request is a JSON object)") from None
+        req = _json_request(body)
         inp, outputs, top_k = _parse_infer(req, gen)
         deadline = time.monotonic() + cfg.timeout
         if inp["datatype"] == "BYTES":
@@ -443,6 +440,19 @@ def _metadata(name: str, gen: Generation) -> dict:
     }
 
 
+def _json_request(body: bytes):
+    """The parsed body of a v2 infer request, or 400 (not JSON, nested past the parser's depth)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError
+        raise HTTPError(400, "request body is not JSON (the v2 infer request is a JSON object)") from None
+
+
+def _is_int(x) -> bool:
+    """A JSON integer (true/false are not: Python counts bool as int)."""
+    return type(x) is int
+
+
 def _parse_infer(req, gen: Generation):
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or len(req["inputs"]) != 1:
         raise HTTPError(400, "a v2 infer request needs \"inputs\": a list with one tensor (image or image_bytes)")
@@ -460,9 +470,12 @@ def _parse_infer(req, gen: Generation):
         if not isinstance(o, dict) or o.get("name") not in ("scores", "labels"):
             raise HTTPError(400, f"unknown output {o!r}; this model has scores and labels")
         outputs.add(o["name"])
+        params = o.get("parameters", {})
+        if not isinstance(params, dict):
+            raise HTTPError(400, f"outputs[].parameters must be an object, got {params!r:.60}")
         if o["name"] == "labels":
-            k = (o.get("parameters") or {}).get("top_k", 5)
-            if not isinstance(k, int) or k < 1:
+            k = params.get("top_k", 5)
+            if not _is_int(k) or k < 1:
                 raise HTTPError(400, f"labels top_k must be a positive integer, got {k!r}")
             top_k = k
     return inp, outputs, top_k
@@ -471,15 +484,18 @@ def _parse_infer(req, gen: Generation):
 def _tensor(inp: dict, gen: Generation) -> np.ndarray:
     s = gen.first.size
     shape = inp["shape"]
-    if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(d, int) for d in shape)
+    if not (isinstance(shape, list) and len(shape) == 4 and all(_is_int(d) for d in shape)
             and shape[1:] == [s, s, 3] and 1 <= shape[0] <= 64):
         raise HTTPError(400, f"input shape {shape} does not match the model: send [N, {s}, {s}, 3] "
                              "(N from 1 to 64), RGB uint8, already resized")
     data = inp["data"]
     try:
-        arr = np.asarray(data, dtype=np.int64)
-    except (ValueError, TypeError):
+        arr = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):   # ragged, huge, deeply nested
         raise HTTPError(400, "UINT8 data must be integers 0..255") from None
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        # floats (0.7 is not a pixel level), booleans, strings and too-large integers (object)
+        raise HTTPError(400, "UINT8 data must be integers 0..255")
     if arr.size != int(np.prod(shape)):
         raise HTTPError(400, f"data has {arr.size} values, shape {shape} needs {int(np.prod(shape))}")
     if arr.size and (arr.min() < 0 or arr.max() > 255):

@@ -16,6 +16,9 @@ ENV_KEY = "EDGE_SERVE_API_KEY"
 _ENV_CONFIG = "EDGE_SERVE_CONFIG"   # how worker processes get the settings (uvicorn imports the app)
 
 
+MIN_BODY = 1024
+
+
 def parse_size(text: str) -> int:
     """'10MB', '512KB', '1.5MiB', '2000000' -> bytes."""
     t = str(text).strip().upper().replace(" ", "")
@@ -31,9 +34,10 @@ def parse_size(text: str) -> int:
         value = float(num)
     except ValueError:
         raise click.BadParameter(f"{text!r}: use a size like 10MB, 512KB or 2000000") from None
-    if value <= 0:
-        raise click.BadParameter(f"{text!r}: must be more than 0")
-    return int(value * mult)
+    size = value * mult
+    if not size >= MIN_BODY:   # also NaN
+        raise click.BadParameter(f"{text!r}: must be at least 1KB (a request holding one small image needs more)")
+    return int(size)
 
 
 def _is_loopback(host: str) -> bool:
@@ -87,6 +91,11 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
       curl -s --data-binary @daisy.jpg -H 'Content-Type: image/jpeg' localhost:8080/v1/classify
     """
     try:
+        max_body = parse_size(max_body)
+    except click.BadParameter as e:
+        click.echo(f"error: --max-body {e.message}", err=True)
+        sys.exit(2)
+    try:
         import uvicorn
 
         from .app import ServeConfig
@@ -104,7 +113,7 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
         click.echo("error: --ssl-keyfile and --ssl-certfile go together", err=True)
         sys.exit(2)
     threads = threads or max(1, len(usable_cores()) // workers)
-    cfg = ServeConfig(deploy=str(deploy), name=name, threads=threads, queue=queue, max_body=parse_size(max_body),
+    cfg = ServeConfig(deploy=str(deploy), name=name, threads=threads, queue=queue, max_body=max_body,
                       timeout=timeout, api_key=api_key or None, precision=precision, pin=pin)
     if not _is_loopback(host) and not cfg.api_key:
         click.echo(f"warning: serving on {host} without an API key: anyone who can reach this port can use "

@@ -87,6 +87,11 @@ def _check_listable(path: Path, what: str) -> None:
     for ch, name in UNLISTABLE.items():
         if ch in path.name:
             raise DataError(f"{path}: {what} name contains {name} ({path.name!r}); rename it without one")
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:   # bytes that are not UTF-8 (a name from another system's encoding)
+        raise DataError(f"{path.parent / ascii(path.name)}: {what} name is not valid UTF-8, which the run's "
+                        "file lists are; rename it (e.g. convmv -f latin1 -t utf8)") from None
 
 
 def discover(root: Path) -> tuple[list[ImageRecord], list[str], list[str], bool]:

@@ -89,7 +89,21 @@ class Split:
         if not split.root.is_dir():
             raise DataError(f"{split.root}: the data folder this run was split from is gone (moved or deleted); "
                             "put it back, or give its new place with --data-root DIR")
+        split.check_test_photos()
         return split
+
+    def check_test_photos(self) -> None:
+        """Refuse test photos that are not the bytes the run recorded (a --data-root holding
+        same-named but different photos, or photos edited since): scoring them would overwrite the
+        run's own results with another data set's."""
+        recorded = (self.fingerprints or {}).get("test")
+        if not recorded:
+            return          # runs from before fingerprints were recorded
+        now = _digest(self.parts["test"], self.root)
+        if now != recorded:
+            raise DataError(f"{self.root}: its test photos are not the ones this run was split from (content "
+                            f"fingerprint {now}, recorded {recorded}); point --data-root at the run's own data "
+                            "folder, or score other photos with `edgetl eval RUN --data DIR` (a separate report)")
 
 
 def content_fingerprints(split: Split) -> dict:
@@ -99,13 +113,16 @@ def content_fingerprints(split: Split) -> dict:
     both. A file that cannot be read hashes as missing: the fingerprint then differs from a
     complete copy, which is the truth (that run saw other data)."""
     shas = {rel: _file_sha(split.root / rel) for s in SPLITS for rel, _ in split.parts[s]}
+    return {"data": _digest([e for s in SPLITS for e in split.parts[s]], split.root, shas),
+            "test": _digest(split.parts["test"], split.root, shas)}
 
-    def digest(entries) -> str:
-        h = hashlib.sha256()
-        for rel, label in sorted(entries):
-            h.update(f"{rel}\t{label}\t{shas[rel]}\n".encode())
-        return h.hexdigest()[:16]
-    return {"data": digest([e for s in SPLITS for e in split.parts[s]]), "test": digest(split.parts["test"])}
+
+def _digest(entries, root: Path, shas: dict | None = None) -> str:
+    h = hashlib.sha256()
+    for rel, label in sorted(entries):
+        sha = shas[rel] if shas is not None else _file_sha(root / rel)
+        h.update(f"{rel}\t{label}\t{sha}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _file_sha(path: Path) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from edge_runtime.atomic import replacing
+from edge_runtime.atomic import replacing, staging_dir
 
 CLASSES = ("dotted", "striped", "leopard")
 
@@ -90,20 +90,36 @@ def make_image(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
 def generate(out: Path, per_class: int = 60, size: int = 128, seed: int = 0,
              classes: tuple[str, ...] = CLASSES) -> Path:
     """Write ``out/<class>/<class>_NNNN.jpg``; deterministic for a seed."""
-    if per_class < 1 or size < 16:
+    if not (1 <= per_class <= 100_000 and 16 <= size <= 4096 and seed >= 0):
         from edge_runtime.errors import UserError
-        raise UserError(f"synthetic data needs --per-class 1 or more and --size 16 or more "
-                        f"(got {per_class} and {size})")
+        raise UserError(f"synthetic data needs --per-class 1-100000, --size 16-4096 and --seed 0 or more "
+                        f"(got {per_class}, {size} and {seed})")
     out = Path(out)
     rng = np.random.default_rng(seed)
-    for kind in classes:
-        d = out / kind
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            arr = make_image(kind, size, rng)
-            with replacing(d / f"{kind}_{i:04d}.jpg") as tmp:
-                Image.fromarray(arr).save(tmp, format="JPEG", quality=int(rng.integers(70, 95)))
+    # built in a staging folder beside OUT and moved in at the end: a killed run leaves no partial
+    # class that a later inspect would accept (the stale staging folder is removed next time)
+    with staging_dir(out) as stage:
+        for kind in classes:
+            (stage / kind).mkdir()
+            for i in range(per_class):
+                Image.fromarray(make_image(kind, size, rng)).save(
+                    stage / kind / f"{kind}_{i:04d}.jpg", format="JPEG", quality=int(rng.integers(70, 95)))
+        _move_into(stage, out)
     return out
+
+
+def _move_into(stage: Path, out: Path) -> None:
+    """Each class folder of ``stage`` into ``out``: renamed whole when new, file by file (same
+    names replaced, the user's other files kept) when ``out`` already has that class."""
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    for d in sorted(stage.iterdir()):
+        if not (out / d.name).exists():
+            os.rename(d, out / d.name)
+            continue
+        for f in sorted(d.iterdir()):
+            os.replace(f, out / d.name / f.name)
 
 
 BACKGROUNDS = ("checked", "cloudy")

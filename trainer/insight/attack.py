@@ -31,8 +31,8 @@ def parse_eps(text: str | float) -> float:
         raise UserError(f"--eps {text!r}: give a size like 8/255 or 0.03") from None
     if v > 1:
         v = v / 255.0
-    if not 0 < v <= 1:
-        raise UserError(f"--eps {text!r}: must be above 0 (e.g. 8/255)")
+    if not 0 < v <= 1:   # also NaN
+        raise UserError(f"--eps {text!r}: must be above 0 and at most 255/255, the whole pixel range (e.g. 8/255)")
     return v
 
 

@@ -2,6 +2,7 @@
 class's logit from grey noise, with a total-variation penalty so the result is not pixel noise."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,8 +40,9 @@ def dream(subject: Subject, class_name: str | int, steps: int = 200, tv_weight: 
     steps; stops once the class probability of the rounded image reaches ``until`` (1 = never)."""
     if steps < 1:
         raise UserError(f"--steps {steps}: give 1 or more")
-    if tv_weight < 0 or jitter < 0 or lr <= 0:
-        raise UserError("--tv-weight and --jitter must be 0 or more, --lr more than 0")
+    if not (math.isfinite(tv_weight) and math.isfinite(lr)) or tv_weight < 0 or jitter < 0 or lr <= 0:
+        raise UserError(f"--tv-weight {tv_weight:g}, --jitter {jitter}, --lr {lr:g}: --tv-weight and --jitter "
+                        "must be finite numbers of 0 or more, --lr a finite number more than 0")
     if not 0 < until <= 1:
         raise UserError(f"--until {until}: a probability above 0 and at most 1")
     c = subject.class_index(class_name)
