@@ -16,10 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from converter.gate import ALPHA
 from edge_runtime.atomic import write_json
 from edge_runtime.errors import UserError
-from converter.gate import ALPHA
 from edge_runtime.log import log as _log
+from trainer.run import read_config
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
@@ -176,7 +177,7 @@ def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | No
     from trainer.train import train
 
     def weights_of(run: Path) -> str:
-        w = json.loads((run / "config.json").read_text())["train"]["weights"]
+        w = read_config(run).train.get("weights", "imagenet")
         return "random init" if w == "none" else w
     if row.run:
         return Path(row.run), weights_of(Path(row.run))
@@ -250,10 +251,10 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
     if cfg.subset_per_class:
         data = str(stratified_subset(data, out / "data", cfg.subset_per_class, cfg.seed))
     for r in reuse:                       # --reuse RUN: match rows by backbone/alpha/size
-        c = json.loads((Path(r) / "config.json").read_text())["backbone"]
+        c = read_config(r)
         for row in cfg.rows:
-            if row.backbone == c["name"] and (row.size or c["size"]) == c["size"] and \
-                    (row.alpha is None or row.alpha == c["alpha"]):
+            if row.backbone == c.backbone_name and (row.size or c.size) == c.size and \
+                    (row.alpha is None or row.alpha == c.alpha):
                 row.run = r
     cores = os.cpu_count() or 1
     threads = cfg.threads or sorted({1, cores})
@@ -288,8 +289,8 @@ def _bench_row(row: Row, cfg: BenchConfig, data: str, out: Path, threads: list[i
         run, weights = _train_row(row, cfg, data, out, track)
     except UserError as e:
         return [{**base, "precision": "-", "status": f"train failed: {e}"}]
-    rcfg = json.loads((run / "config.json").read_text())
-    base.update(size=rcfg["backbone"]["size"], alpha=rcfg["backbone"]["alpha"], weights=weights, run=str(run))
+    rcfg = read_config(run)
+    base.update(size=rcfg.size, alpha=rcfg.alpha, weights=weights, run=str(run))
     deploy = run / "deploy"
     try:
         man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,

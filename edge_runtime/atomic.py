@@ -49,7 +49,7 @@ def not_written(path: Path, e: OSError) -> Exception:
         return e
     fix = ("free some space, or pass another output folder" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
            else "pass an output folder you can write to")
-    return UserError(f"{path}: not written ({e.strerror}); {fix}; nothing half-written was left")
+    return UserError(f"{path}: not written ({e.strerror}); {fix}")
 
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:

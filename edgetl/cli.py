@@ -289,8 +289,16 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
         cfg.data = data
     if backbones:
         cfg.rows = [_row_spec(s, weights or "imagenet", Row) for s in backbones.split(",") if s.strip()]
+        if not cfg.rows:
+            raise UserError(f"--backbones {backbones!r} names no backbone; e.g. mobilenet_v2:0.35@128")
     if precisions:
-        cfg.precisions = [p.strip() for p in precisions.split(",")]
+        from converter.convert import PRECISIONS
+
+        cfg.precisions = [p.strip() for p in precisions.split(",") if p.strip()]
+        unknown = [p for p in cfg.precisions if p not in PRECISIONS]
+        if unknown or not cfg.precisions:
+            raise UserError(f"--precisions {precisions!r}: {', '.join(unknown) or 'none given'}; "
+                            f"choose from {','.join(PRECISIONS)}")
     out = out or f"bench-{cfg.name}"
     rep = run_bench(cfg, out, reuse=list(reuse), command=shlex.join(["edgetl", *sys.argv[1:]]), track=track)
     write_report(rep, out, budget_ms)
@@ -417,6 +425,8 @@ def runs_compare(runs_, out, max_images):
     bars beside overlaid ROC curves. Per class only for runs scored on the same test files."""
     from trainer.compare import compare_runs, format_markdown
 
+    if max_images < 0:
+        raise UserError(f"--max-images {max_images}: give 0 or more photos per side")
     cmp = compare_runs(list(runs_), out=out, max_images=max_images)
     click.echo(format_markdown(cmp).rstrip("\n"))
     if out:

@@ -45,12 +45,14 @@ def friendly(fn):
             click.echo(f"error: {message}", err=True)
             sys.exit(2)
         except OSError as e:   # a write the disk or folder refused outside the atomic helpers
-            from edge_runtime.atomic import WRITE_ERRNOS
+            from pathlib import Path
 
-            if e.errno not in WRITE_ERRNOS:
+            from edge_runtime.atomic import not_written
+
+            message = not_written(Path(e.filename or "output"), e)
+            if not isinstance(message, UserError):
                 raise
-            click.echo(f"error: {e.filename or 'output'}: not written ({e.strerror}); free some space or pass "
-                       "an output folder you can write to", err=True)
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
     return wrapper
 

@@ -482,6 +482,8 @@ def test_several_worker_processes_serve_and_all_take_a_swap(deployed, tmp_path):
             served = sum(s.value for s in fams["edge_serve_requests"].samples
                          if s.name.endswith("_total") and s.labels.get("route") == "classify")
             assert served >= 30   # summed over both processes
+            loaded = {s.labels["sha256"] for s in fams["edge_serve_model_info"].samples if s.value == 1}
+            assert loaded == {fp32}   # the old model is no longer reported as loaded by any process
     finally:
         srv.stop()
 

@@ -363,3 +363,60 @@ def test_a_damaged_int8_fails_the_gate_says_the_ways_on_and_is_never_the_default
     monkeypatch.setattr(C, "_artifact_bytes", original)                # the retry replaces edgetl's own files
     m = C.convert(small_run, ["fp32", "int8"], out=out, calibration_samples=30)
     assert m["default"] == "int8"
+
+
+def test_edge_serve_stays_up_through_1000_in_place_overwrites_of_its_model(deployed, tmp_path):
+    """`cp other.tflite DEPLOY/model_int8.tflite` (an in-place overwrite) while /load and requests
+    flow: before, LiteRT memory-mapped the file being truncated and the server died of SIGBUS."""
+    import threading
+
+    import httpx
+
+    from tests.test_serve import Server
+
+    deploy = shutil.copytree(deployed, tmp_path / "deploy")
+    target = deploy / "model_int8.tflite"
+    good, other = target.read_bytes(), (deploy / "model_fp32.tflite").read_bytes()
+    srv = Server(deploy, "--threads", "1", "--name", "m")
+    statuses = {"classify": [], "load": []}
+    stop = threading.Event()
+
+    def overwrite_in_place():
+        for k in range(1000):
+            with open(target, "r+b") as f:    # what cp does to an existing file: truncate, then write
+                f.truncate(0)
+                data = good if k % 2 else other
+                for i in range(0, len(data), 65536):
+                    f.write(data[i:i + 65536])
+                    f.flush()
+        with open(target, "r+b") as f:
+            f.truncate(0)
+            f.write(good)
+        stop.set()
+
+    def traffic(kind):
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            while not stop.is_set():
+                if kind == "load":
+                    statuses[kind].append(c.post("/v2/repository/models/m/load").status_code)
+                else:
+                    statuses[kind].append(c.post("/v1/classify", content=PHOTO_BYTES,
+                                                 headers={"Content-Type": "image/jpeg"}).status_code)
+    try:
+        threads = [threading.Thread(target=overwrite_in_place)] + [threading.Thread(target=traffic, args=(k,))
+                                                                    for k in ("load", "classify")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert srv.proc.poll() is None, srv.output()                        # still up
+        assert set(statuses["classify"]) <= {200, 503} and statuses["classify"], statuses["classify"][:20]
+        assert set(statuses["load"]) <= {200, 400} and statuses["load"]     # a half-copied file is refused
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert c.post("/v2/repository/models/m/load").status_code == 200   # the good bytes swap in
+    finally:
+        stop.set()
+        srv.stop()
+
+
+PHOTO_BYTES = (SAMPLES / "daisy.jpg").read_bytes()

@@ -40,6 +40,18 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """Load the certificate and key once before binding, so a wrong file is one line naming both."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        click.echo(f"error: {keyfile} / {certfile}: not a usable TLS key and certificate pair "
+                   f"({getattr(e, 'strerror', None) or e}); give the PEM files of one certificate", err=True)
+        sys.exit(2)
+
+
 def _is_loopback(host: str) -> bool:
     if host in ("localhost",):
         return True
@@ -112,6 +124,8 @@ def main(deploy, host, port, workers, threads, max_body, queue, timeout, api_key
     if bool(ssl_keyfile) != bool(ssl_certfile):
         click.echo("error: --ssl-keyfile and --ssl-certfile go together", err=True)
         sys.exit(2)
+    if ssl_certfile:
+        _check_tls(ssl_certfile, ssl_keyfile)
     threads = threads or max(1, len(usable_cores()) // workers)
     cfg = ServeConfig(deploy=str(deploy), name=name, threads=threads, queue=queue, max_body=max_body,
                       timeout=timeout, api_key=api_key or None, precision=precision, pin=pin)

@@ -16,10 +16,24 @@ class ServerUnreachable(UserError):
     """No answer at all: the server is down or the URL is wrong (stop, do not try every file)."""
 
 
+def check_server_url(url: str) -> None:
+    """An http(s) URL with a host, or one line saying what to give (never a traceback or a hang on
+    a scheme urllib would try, such as ftp://)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port   # a bad port raises here
+    except ValueError as e:
+        raise ServerUnreachable(f"{url}: not a URL ({e}); give e.g. http://pi.local:8080") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServerUnreachable(f"{url}: edge-serve answers http:// or https:// URLs with a host; "
+                                "give e.g. http://pi.local:8080")
+
+
 def classify_remote(url: str, image: str | Path, top_k: int = 5, api_key: str | None = None,
                     timeout: float = 60.0) -> tuple[list[tuple[str, float]], float, dict]:
     """POST one image file to URL/v1/classify. Returns (top-k (label, score), round-trip ms,
     the server's whole answer). A refused image raises UserError naming the file."""
+    check_server_url(url)
     p = Path(image)
     try:
         data = p.read_bytes()

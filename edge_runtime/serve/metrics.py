@@ -42,7 +42,10 @@ class Metrics:
 
     def model(self, gen) -> None:
         if self._labels is not None:
-            self.model_info.remove(*self._labels)
+            if self.multiprocess:   # remove() cannot reach the other processes' files: mark it unloaded
+                self.model_info.labels(*self._labels).set(0)
+            else:
+                self.model_info.remove(*self._labels)
         self._labels = (self.name, gen.sha256, gen.precision, str(gen.number))
         self.model_info.labels(*self._labels).set(1)
 
