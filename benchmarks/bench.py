@@ -258,7 +258,8 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
                 row.run = r
     cores = os.cpu_count() or 1
     threads = cfg.threads or sorted({1, cores})
-    split_note = (f"{data} ({'stratified subset ' + str(cfg.subset_per_class) + '/class of ' + cfg.data if cfg.subset_per_class else 'full'}), "
+    subset = f"stratified subset {cfg.subset_per_class}/class of {cfg.data}" if cfg.subset_per_class else "full"
+    split_note = (f"{data} ({subset}), "
                   f"split {'/'.join(str(int(f * 100)) for f in cfg.fractions)} seed {cfg.seed}")
     t_start = time.time()
     rep = {"kind": "edgetl-bench/1", "preset": cfg.name, "command": command, "config": cfg.to_dict(),

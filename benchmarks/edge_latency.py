@@ -140,8 +140,9 @@ def draft_vs_full(size: int, runs: int, method: str) -> dict:
                 f = Path(tmp) / f"{i}.jpg"
                 f.write_bytes(b)
                 files.append(f)
-            full = _median_ms(lambda: [load_image(f, size, method) for f in files], runs) / len(files)
-            draft = _median_ms(lambda: [load_image(f, size, method, draft=True) for f in files], runs) / len(files)
+            full = _median_ms(lambda files=files: [load_image(f, size, method) for f in files], runs) / len(files)
+            draft = _median_ms(lambda files=files: [load_image(f, size, method, draft=True) for f in files],
+                               runs) / len(files)
             diff = max(float(np.abs(load_image(f, size, method).astype(int)
                                     - load_image(f, size, method, draft=True)).mean()) for f in files)
         out[f"{w}x{h}"] = {"full_ms": round(full, 3), "draft_ms": round(draft, 3),
@@ -208,8 +209,9 @@ def main(argv=None):
         q = s["in_sequence_ms"]
         print(f"threads {s['threads']}: raw invoke {s['raw_invoke_ms']:.2f} ms ({s['raw_rate_fps']:.1f}/s), stream "
               f"{s['stream_fps']:.1f} fps = {s['stream_over_raw']:.2f}x raw; single frame end-to-end "
-              f"{s['single_frame_end_to_end_ms']:.2f} ms (+{s['overhead_ms']:.2f} ms, of which resize {s['preprocess_ms']:.2f} ms on "
-              f"{min(4, os.cpu_count() or 1)} threads, {s['preprocess_one_thread_ms']:.2f} ms on one; in sequence: preprocess {q['preprocess']:.2f}, invoke "
+              f"{s['single_frame_end_to_end_ms']:.2f} ms (+{s['overhead_ms']:.2f} ms, of which resize "
+              f"{s['preprocess_ms']:.2f} ms on {min(4, os.cpu_count() or 1)} threads, "
+              f"{s['preprocess_one_thread_ms']:.2f} ms on one; in sequence: preprocess {q['preprocess']:.2f}, invoke "
               f"{q['invoke']:.2f}, top-k {q['top_k']:.2f} ms)")
     for m, v in res["resize_methods"].items():
         print(f"resize 640x480 -> {clf.size}px, {m}: " + ", ".join(f"{k[:-3].replace('_', ' ')} {t:.2f} ms"

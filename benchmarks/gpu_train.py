@@ -134,7 +134,7 @@ def _device_name(hw: dict) -> str:
             import subprocess
             return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                                   text=True, timeout=20).stdout.strip().splitlines()[0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure here has one meaning for the user
             return hw["devices"][0]
     from edge_runtime.benchmark import cpu_name
     return cpu_name()

@@ -141,7 +141,7 @@ def traps(rep: dict) -> list[str]:
 def pareto(points: list[tuple[float, float, int]]) -> set[int]:
     """Indices on the accuracy-latency front: no other point is at least as fast and more accurate."""
     front, best = set(), -1.0
-    for ms, acc, i in sorted(points, key=lambda p: (p[0], -p[1])):
+    for _ms, acc, i in sorted(points, key=lambda p: (p[0], -p[1])):
         if acc > best:
             front.add(i)
             best = acc

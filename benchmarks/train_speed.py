@@ -247,9 +247,9 @@ def scale_table(res: dict) -> str:
 
 
 def scale_plot(res: dict, path: Path) -> None:
-    from trainer.plots import _plt, _save
+    from trainer.plots import pyplot, save_figure
 
-    plt = _plt()
+    plt = pyplot()
     n = [r["images"] for r in res["rows"]]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     ax[0].plot(n, [r["s_per_1000"] for r in res["rows"]], "o-", label="whole process")
@@ -265,7 +265,7 @@ def scale_plot(res: dict, path: Path) -> None:
     ax[1].set(xscale="log", xlabel="images", ylabel="peak RSS (MB)", ylim=(0, None), title="peak memory")
     fig.suptitle(f"edgetl train (frozen), {res['backbone']}, synthetic {res['image_size']}px JPEGs")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

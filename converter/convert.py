@@ -25,13 +25,13 @@ from edge_runtime.interpreter import graph_report
 from edge_runtime.log import log as _log
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
-
 from trainer import rundir as R
+from trainer.export import export_saved_model
+from trainer.metrics import class_averaged_accuracy
 
 from .deploy_folder import PRECISION_FILES, deploy_target
 from .gate import SMALL_SPLIT, judge
 from .gate import summary as gate_summary
-from trainer.metrics import class_averaged_accuracy
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 IO_TYPES = ("uint8", "int8", "float")
@@ -72,16 +72,6 @@ def _converter(saved_model: Path, precision: str, io: str, calib):
         if io != "float":
             c.inference_input_type = c.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io]
     return c
-
-
-def export_saved_model(model, path: Path) -> None:
-    """Export ``model`` as a SavedModel with a fixed batch-1 float signature named ``image``
-    (a fixed batch keeps the whole graph in one XNNPACK partition, see STACK.md)."""
-    import tensorflow as tf
-
-    size = int(model.inputs[0].shape[1])
-    sig = [tf.TensorSpec((1, size, size, 3), tf.float32, name="image")]
-    model.export(str(path), format="tf_saved_model", verbose=False, input_signature=sig)
 
 
 def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) -> bytes:
@@ -289,7 +279,7 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
                 return quantize_with_recovery(_converter(twin, prec, io, calib), io, ref.x_val, ref.val_y,
                                               ref.val_ref, labels, ship_converter=conv, **kw)
             return quantize_with_recovery(conv, io, ref.x_val, ref.val_y, ref.val_ref, labels, **kw)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
         raise conversion_failure(run, prec, str(e), "".join(held)) from None
 
 
@@ -474,7 +464,7 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
         "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
         "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})
     for a in failed:
-        v, g = a["verification"], a["verification"]["gate"]
+        g = a["verification"]["gate"]
         others = [x["precision"] for x in manifest["artifacts"] if x not in failed]
         raise UserError(f"{out / a['file']}: {a['precision']} loses to float: {gate_summary(g)}; it is kept but "
                         f"not the default. Ways on: a larger budget (--max-drop {max(max_drop * 2, g['drop_points']):.1f}), "

@@ -11,8 +11,8 @@ from edge_runtime import atomic
 LOG_NAME = "deploy.log"
 
 # loc(callsite(fused["Conv2D:", "edgetl_x_1/model_1/Conv1_1/convolution@__inference..."] ...)): error: 'tf.Conv2D' op ...
-_OP_ERROR = re.compile(r"""fused\["(?P<kind>[\w.]+):",\s*"(?P<where>[^"@]+)@[^\]]*\].*?error:\s*'(?P<op>[\w.]+)' op (?P<why>[^\n]*?)(?:$|\n|loc\()""",
-                       re.S)
+_OP_ERROR = re.compile(r"""fused\["(?P<kind>[\w.]+):",\s*"(?P<where>[^"@]+)@[^\]]*\]"""
+                       r""".*?error:\s*'(?P<op>[\w.]+)' op (?P<why>[^\n]*?)(?:$|\n|loc\()""", re.S)
 
 
 def summarize(text: str) -> str:

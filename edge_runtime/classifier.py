@@ -20,7 +20,8 @@ class Classifier:
 
     ``model``: the converter's deploy folder (reads manifest.json: labels, resize, quantization;
     checks the artifact's sha256 unless ``verify=False``) or a .tflite file (labels and output
-    meaning from its embedded metadata files, else a labels.txt beside it). ``precision`` picks an artifact of the folder (default: the manifest's).
+    meaning from its embedded metadata files, else a labels.txt beside it). ``precision`` picks an
+    artifact of the folder (default: the manifest's).
     """
 
     def __init__(self, model, threads: int | None = None, precision: str | None = None,

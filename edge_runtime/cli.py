@@ -34,7 +34,8 @@ from .serve.client import ServerUnreachable
 @click.option("--max-frames", type=int, help="Stop a video/camera stream after N frames.")
 @click.option("--draft/--no-draft", default=None,
               help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
-@click.option("--benchmark", is_flag=True, help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json.")
+@click.option("--benchmark", is_flag=True,
+              help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json.")
 @click.option("--runs", default=50, show_default=True, help="Timed runs per --benchmark row.")
 @click.option("--server", metavar="URL", help="Classify on an edge-serve server instead (then every argument "
                                               "is an image); prints what a local run prints.")
@@ -59,7 +60,8 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         if server:
             sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
         if benchmark:
-            from .benchmark import benchmark as run_bench, format_table, save_report
+            from .benchmark import benchmark as run_bench
+            from .benchmark import format_table, save_report
             rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
                             runs=runs, verify=not no_verify)
             click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))

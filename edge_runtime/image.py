@@ -84,7 +84,7 @@ def open_image(path: Union[str, os.PathLike, bytes], max_pixels: int = MAX_PIXEL
         raise ImageError(p, f"refused, too many pixels (decompression-bomb guard): {e}", "too_many_pixels") from None
     except OSError as e:
         raise ImageError(p, f"cannot be opened: {e}") from None
-    except Exception as e:   # Pillow's header parsers raise ValueError (e.g. a PNG text chunk that
+    except Exception as e:   # noqa: BLE001 - Pillow's header parsers raise ValueError (e.g. a PNG text chunk that
         # inflates past MAX_TEXT_CHUNK), SyntaxError, struct.error... for damaged or hostile files
         raise ImageError(p, f"damaged or hostile image header ({e}); re-export or remove it") from None
     w, h = img.size
@@ -99,7 +99,7 @@ def open_image(path: Union[str, os.PathLike, bytes], max_pixels: int = MAX_PIXEL
         return to_rgb(img)
     except ImageError:
         raise
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError... for broken data
+    except Exception as e:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... for broken data
         raise ImageError(p, f"truncated or corrupt image data ({e}); re-export or remove it") from None
 
 
@@ -107,7 +107,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow image -> upright 8-bit RGB. Transparent pixels are composited on white."""
     try:
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block must not cost the photo
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not cost the photo
         pass
     mode = img.mode
     if mode == "RGB":

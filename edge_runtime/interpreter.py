@@ -1,6 +1,6 @@
-"""Which TFLite interpreter to use: ai-edge-litert (the maintained successor), else
-tflite-runtime (crashes beside numpy 2; fallback only), else TensorFlow's deprecated tf.lite as a
-last resort on a training box. TensorFlow is never imported when either of the first two exists."""
+"""Which TFLite interpreter to use: ai-edge-litert (the maintained successor), else tflite-runtime
+(crashes beside numpy 2; fallback only). TensorFlow is never imported on this floor: the training
+box gets ai-edge-litert with edgetl[train] too."""
 from __future__ import annotations
 
 from .errors import UserError
@@ -16,11 +16,6 @@ def interpreter_class():
     try:
         from tflite_runtime.interpreter import Interpreter  # type: ignore
         return Interpreter, "tflite-runtime"
-    except ImportError:
-        pass
-    try:
-        from tensorflow.lite.python.interpreter import Interpreter  # last resort only (deprecated)
-        return Interpreter, "tensorflow.lite"
     except ImportError:
         raise UserError("no TFLite interpreter installed: pip install 'edgetl[edge]' (ai-edge-litert)") from None
 

@@ -77,7 +77,7 @@ def camera_frames(source: str, give_up_s: float = None, draft_size: int | None =
             cam = Picamera2()
             cam.configure(cam.create_video_configuration(main={"format": "RGB888", "size": (640, 480)}))
             cam.start()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
             raise UserError(f"picamera: camera not available ({str(e)[:100]}); check the ribbon cable and "
                             "that no other program holds the camera") from None
 
@@ -342,7 +342,7 @@ def run_stream(clf, frames: Iterator[np.ndarray], on_result: Callable[[int, list
                             break
                         except queue.Full:
                             continue
-        except Exception as e:  # reported on the main thread
+        except Exception as e:  # noqa: BLE001 - reported on the main thread
             errors.append(e)
         finally:
             while True:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import click
 

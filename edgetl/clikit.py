@@ -9,7 +9,6 @@ import click
 
 from edge_runtime.errors import UserError
 
-
 # top-level module -> the extra that installs it (pyproject.toml [project.optional-dependencies])
 EXTRA_OF = {"tensorflow": "train", "keras": "train", "tf_keras": "train", "tensorflow_hub": "train",
             "tensorflow_datasets": "train", "scipy": "train", "matplotlib": "train", "imagehash": "train",

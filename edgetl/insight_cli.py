@@ -13,7 +13,7 @@ import click
 from edge_runtime.atomic import write_json, write_text
 from edge_runtime.errors import UserError
 
-from .clikit import progress_counter, friendly
+from .clikit import friendly, progress_counter
 
 
 def subject_options(fn):

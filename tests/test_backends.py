@@ -134,8 +134,9 @@ def _free_ports(n):
 
 
 def _weights(run):
-    import h5py
     import zipfile
+
+    import h5py
     with zipfile.ZipFile(run / R.MODEL) as z, z.open("model.weights.h5") as f, h5py.File(f) as h:
         out = []
         h.visititems(lambda name, obj: out.append((name, np.array(obj))) if isinstance(obj, h5py.Dataset) else None)

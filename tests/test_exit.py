@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 # A program that leaves everything a normal exit takes care of: buffered output, an atexit

@@ -1,8 +1,8 @@
-"""benchmarks.feature_taps: how the registry's taps were chosen, without the run's test split."""
+"""studies.feature_taps.study: how the registry's taps were chosen, without the run's test split."""
 import json
 import shutil
 
-from benchmarks import feature_taps as FT
+from studies.feature_taps import study as FT
 
 
 def _copy_run(run, dst):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import FLOWERS, ROOT, WEIGHTS, run_cli
-from trainer import rundir as R
 from trainer import features as FE
+from trainer import rundir as R
 
 W10 = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
@@ -163,7 +163,7 @@ def test_the_next_splits_chunks_run_beside_the_last_chunk_of_the_split_before(tm
             waited.append(val_started.wait(10))
         if ps[0].startswith("val"):
             val_started.set()
-        return np.array([[int(p.lstrip("trainval")), len(p)] for p in ps], np.float32)
+        return np.array([[int(p.removeprefix("train").removeprefix("val")), len(p)] for p in ps], np.float32)
 
     jobs = [(tmp_path / "features_train_x.npy", [f"train{i}" for i in range(40)], "features[train]"),
             (tmp_path / "features_val_x.npy", [f"val{i}" for i in range(20)], "features[val]")]

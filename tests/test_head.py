@@ -44,7 +44,7 @@ def test_solver_matches_an_independent_reference_fit():
     X, y = _blobs(sep=0.35)
     Xtr, ytr, Xte, yte = X[:400], y[:400], X[400:], y[400:]
     l2 = 1e-2
-    from trainer.linear import _Standardiser, _split_theta
+    from trainer.linear import _split_theta, _Standardiser
     std = _Standardiser(Xtr)
     theta, _ = fit(std(Xtr), ytr, 4, l2)
     ours = std.fold(*_split_theta(theta, Xtr.shape[1], 4))

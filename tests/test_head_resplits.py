@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.head_resplits import compare, draw
+from studies.head_resplits.study import compare, draw
 from tests.conftest import feature_run
 
 

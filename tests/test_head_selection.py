@@ -1,8 +1,7 @@
 """The head-selection benchmark judges rules on train+val alone."""
 from __future__ import annotations
 
-
-from benchmarks.head_selection import nested
+from studies.head_selection.study import nested
 from tests.conftest import feature_run
 
 

@@ -99,7 +99,7 @@ def test_numpy_frame_and_file_resize_identically():
 @pytest.mark.parametrize("workers", [2, 4])
 def test_threaded_resize_gives_the_same_pixels(frame, size, workers):
     """A camera frame resized on several threads is bit-identical to the one-pass resize."""
-    from edge_runtime.image import _bands, _banding_is_exact
+    from edge_runtime.image import _banding_is_exact, _bands
 
     photo = Image.open(sorted(SAMPLES.glob("*.jpg"))[0]).convert("RGB").resize(frame[::-1])
     x = np.asarray(photo)

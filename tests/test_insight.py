@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import FLOWERS, SAMPLES, WEIGHTS, copy_subset, run_cli
+from PIL import Image
 
 MNV2_035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
 MNV2_10 = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.h5"

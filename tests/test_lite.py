@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import ASSETS, SAMPLES, run_cli
+
 from trainer.backbones import efficientnet_lite as lite
 from trainer.pth import MAGIC, PROTOCOL_VERSION, PthError, read_state_dict
 

@@ -75,7 +75,7 @@ def _read_manifest(folder):
     try:
         m = load_manifest(folder)
         m.artifact()
-        m.size, m.labels, m.resize
+        assert m.size > 0 and m.labels and m.resize
     except UserError as e:
         assert str(e).startswith(str(folder)), str(e)
 

@@ -133,7 +133,7 @@ def test_mjpeg_parts_are_read_with_or_without_content_length(tmp_path, with_leng
     from edge_runtime.stream import MjpegReader
 
     jpegs = []
-    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+    for colour in [(200, 30, 30), (30, 200, 30), (30, 30, 200)]:
         buf = io.BytesIO()
         Image.new("RGB", (48, 32), colour).save(buf, "JPEG")
         jpegs.append(buf.getvalue())

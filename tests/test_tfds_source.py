@@ -3,8 +3,7 @@ import time
 
 import pytest
 
-from trainer.data import DataError, load_dataset
-from trainer.data import tfds_source
+from trainer.data import DataError, load_dataset, tfds_source
 
 
 @pytest.mark.timeout(180)

@@ -111,6 +111,7 @@ def test_offline_imagenet_names_the_keras_cache_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size", [96, 160, 224])
 def test_local_imagenet_file_loads_at_any_size(size):
     import h5py
+
     from trainer.backbones import get_backbone
     base = get_backbone("mobilenet_v2").build_base(size, 0.35, str(W035))
     with h5py.File(W035) as f:

@@ -12,8 +12,6 @@ import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from edge_runtime.errors import UserError
 
 from . import rundir as R

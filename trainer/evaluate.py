@@ -31,7 +31,7 @@ def load_run_model(run: Path):
         raise UserError(f"{p}: no trained model in this run; train first (edgetl train DATA --out {run})")
     try:
         model = keras.saving.load_model(p, compile=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
         raise UserError(f"{p}: cannot be loaded as a Keras model ({str(e).splitlines()[0][:120]}); "
                         "re-run training") from None
     return as_float32(model)

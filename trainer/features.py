@@ -127,13 +127,13 @@ def remember(pre: str, key: str) -> None:
 def converted_extractor(model, identity: dict, key: str | None = None) -> tuple[Path, bool, float]:
     """(path, was it cached, seconds spent converting): ``model`` (image -> pooled features) as an
     fp32 .tflite with float input, converted once per key and kept in ``cache_dir()``."""
-    from converter.convert import tflite_bytes
+    from .export import float_tflite_bytes
 
     path = cache_dir() / "features" / f"{key or extractor_key(model, identity)}.tflite"
     if path.exists():
         return path, True, 0.0
     t = time.time()
-    data = tflite_bytes(model, "fp32", "float")
+    data = float_tflite_bytes(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as tmp:
         tmp.write_bytes(data)
@@ -236,7 +236,7 @@ def _decide(requested, features_model, identity, sample, size, method, hw, pre, 
             path, hit, secs = converted_extractor(features_model, identity, key)
         if pre:
             remember(pre, key)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
         msg = f"the backbone could not be converted for LiteRT ({str(e).splitlines()[0][:160]})"
         if requested == "litert":
             raise UserError(f"--features litert: {msg}; use --features keras") from None
@@ -289,7 +289,7 @@ class Speculation:
             write_splits(self.jobs, self._width, self._compute, cores())
         except _Cancelled:
             pass
-        except BaseException as e:  # reported by join()
+        except BaseException as e:  # noqa: BLE001 - reported by join()
             self.error = e
 
     def join(self) -> None:

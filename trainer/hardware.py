@@ -20,7 +20,6 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from edge_runtime.errors import UserError
 
 BACKENDS = ("tensorflow", "jax")
@@ -181,8 +180,8 @@ def _setup_jax(strategy: str, mixed_precision: str):
         # fetch arrays that span other hosts: refused rather than failing after the head phase
         raise UserError("--strategy multiworker runs on TensorFlow only for now (TF_CONFIG); on JAX use one "
                         "machine's GPUs (--strategy auto), or --backend tensorflow")
-    import keras
     import jax
+    import keras
 
     _configured["jax"] = True
     devices = jax.devices()

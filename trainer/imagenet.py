@@ -29,7 +29,7 @@ def class_names(labels: str | None = None) -> list[str]:
             try:
                 import keras
                 path = Path(keras.utils.get_file(CLASS_INDEX, CLASS_INDEX_URL, cache_subdir="models"))
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure here has one meaning for the user
                 raise BackboneError(f"ImageNet class names could not be downloaded (offline?): place {CLASS_INDEX} "
                                     f"in {KERAS_CACHE}/ or pass --labels PATH") from None
         labels = str(path)

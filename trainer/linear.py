@@ -307,7 +307,7 @@ def _path(loss, std, Xtr, ytr, wtr, Xho, yho, n, grid, fits=None):
     return [out[l2] for l2 in grid]
 
 
-def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Stratified fold index of every sample (seeded)."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), np.int64)
@@ -317,16 +317,11 @@ def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-CRITERIA = ("accuracy", "loss")
-
-
-def _choose(acc, lval, criterion: str = "accuracy") -> int:
-    """``accuracy`` (the default): best held-out accuracy; among the settings that tie on it, the
-    lowest held-out loss (accuracy is coarse on small splits, the loss breaks its ties smoothly).
-    ``loss``: the lowest held-out loss alone (compared by benchmarks.head_selection)."""
+def choose_by_accuracy(acc, lval) -> int:
+    """Which L2 of the grid to keep from its held-out (accuracy, loss): the best accuracy; among
+    the settings that tie on it, the lowest loss (accuracy is coarse on small splits, the loss
+    breaks its ties smoothly). Chosen over other rules by studies/head_selection."""
     acc, lval = np.asarray(acc), np.asarray(lval)
-    if criterion == "loss":
-        return int(np.argmin(lval))
     close = np.nonzero(acc >= acc.max() - 1e-9)[0]
     return int(close[np.argmin(lval[close])])
 
@@ -341,18 +336,15 @@ def solve_head(Ftr, ytr: np.ndarray, Fval, yval: np.ndarray, n: int,
                loss: str = "logistic", class_weights: dict | None = None, grid=L2_GRID,
                refit: bool = True, seed: int = 0, method: str = "auto",
                min_val: int = MIN_VAL_FOR_HOLDOUT, folds: int = FOLDS,
-               criterion: str = "accuracy") -> tuple[LinearModel, LinearModel, Selection]:
+               choose=choose_by_accuracy) -> tuple[LinearModel, LinearModel, Selection]:
     """Choose L2 on held-out data, then fit. Returns (model fit on train only, final model,
     selection). The final model is refit on train+val when ``refit`` (else it is the train-only
     fit). ``method``: "validation", "k-fold", or "auto" (k-fold when val has < ``min_val`` images);
-    ``criterion``: how the held-out scores pick L2 (see ``_choose``).
+    ``choose(accuracies, losses) -> index``: how the held-out scores pick L2.
     ``Ftr``/``Fval``: arrays or memory-mapped feature files; above IN_MEMORY_BYTES they are
     streamed, never loaded whole.
     """
     import time
-
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
 
     from threadpoolctl import threadpool_limits
 
@@ -360,12 +352,12 @@ def solve_head(Ftr, ytr: np.ndarray, Fval, yval: np.ndarray, n: int,
     # The matmuls here are thin (n x d by d x classes): BLAS threads cost more in hand-offs than
     # they give (one thread solves flowers5's head in half the time of two on a 2-core box).
     with threadpool_limits(1, user_api="blas"):
-        return _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed, method, min_val,
-                           folds, criterion, t0)
+        return _solve_head(Ftr, ytr, Fval, yval, n, loss=loss, class_weights=class_weights, grid=grid, refit=refit,
+                           seed=seed, method=method, min_val=min_val, folds=folds, choose=choose, t0=t0)
 
 
-def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed, method, min_val, folds,
-                criterion, t0):
+def _solve_head(Ftr, ytr, Fval, yval, n, *, loss, class_weights, grid, refit, seed, method, min_val, folds,
+                choose, t0):
     import time
 
     ytr, yval = np.asarray(ytr, np.int64), np.asarray(yval, np.int64)
@@ -389,14 +381,14 @@ def _solve_head(Ftr, ytr, Fval, yval, n, loss, class_weights, grid, refit, seed,
         if method == "validation":
             scores = _path(loss, std, Rtr, ytr, wtr, Rows([Fval]), yval, n, grid, fits)
         else:
-            fold = _folds(yall, k, seed)
+            fold = stratified_folds(yall, k, seed)
             per_fold = []
             for f in range(k):
                 tr, ho = fold != f, fold == f
                 per_fold.append(_path(loss, std, Rall.subset(tr), yall[tr], wall[tr], Rall.subset(ho), yall[ho],
                                       n, grid))
             scores = [tuple(np.mean([pf[i][j] for pf in per_fold]) for j in range(2)) for i in range(len(grid))]
-        best = _choose([s[0] for s in scores], [s[1] for s in scores], criterion)
+        best = choose([s[0] for s in scores], [s[1] for s in scores])
     l2 = grid[best]
     d = Rtr.d
     # on the validation path the train-only fit at the chosen l2 is already there

@@ -9,17 +9,17 @@ import numpy as np
 from edge_runtime.atomic import replacing
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path: Path):
+def save_figure(fig, path: Path):
     with replacing(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_history(history: dict, path: Path):
@@ -27,7 +27,7 @@ def plot_history(history: dict, path: Path):
     drawn when no phase trained by epochs (the L-BFGS head has a validation curve instead)."""
     if not any(h.get("loss") for h in history.values()):
         return
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     offset = 0
     for phase, h in history.items():
@@ -42,11 +42,11 @@ def plot_history(history: dict, path: Path):
         offset = ep[-1]
     for ax, key in zip(axes, ("accuracy", "loss")):
         ax.set_xlabel("epoch"); ax.set_title(key); ax.grid(alpha=.3); ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(cm, classes, path: Path):
-    plt = _plt()
+    plt = pyplot()
     cm = np.asarray(cm)
     k = len(classes)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1 + 0.55 * k))
@@ -60,12 +60,12 @@ def plot_confusion(cm, classes, path: Path):
     ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), classes, fontsize=8)
     ax.set_xlabel("predicted"); ax.set_ylabel("true"); ax.set_title("confusion matrix (test)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(y_true, probs, classes, path: Path):
     from .metrics import auc, roc_curve
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     y_true = np.asarray(y_true)
     for i, c in enumerate(classes):
@@ -76,12 +76,12 @@ def plot_roc(y_true, probs, classes, path: Path):
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set_xlabel("false positive rate"); ax.set_ylabel("true positive rate")
     ax.set_title("ROC per class (one vs rest)"); ax.legend(fontsize=7); ax.grid(alpha=.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_prediction_grid(images, y_true, probs, classes, path: Path, n: int = 30):
     """The first ``n`` test images, titled with the prediction: blue if right, red if wrong."""
-    plt = _plt()
+    plt = pyplot()
     n = min(n, len(images))
     cols = 6
     rows = int(np.ceil(n / cols))
@@ -93,13 +93,13 @@ def plot_prediction_grid(images, y_true, probs, classes, path: Path, n: int = 30
         ok = pred[i] == y_true[i]
         ax.set_title(f"{classes[pred[i]]} {np.asarray(probs)[i, pred[i]]:.0%}", fontsize=8,
                      color="tab:blue" if ok else "tab:red")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_l2_selection(sel: dict, path: Path):
     """The head's validation curve: held-out accuracy (and loss) per L2 strength, the chosen one
     marked, so a user sees whether the choice sat on a plateau or at the grid's edge."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     grid = np.asarray(sel["grid"])
     ax.semilogx(grid, sel["val_accuracy"], "o-", label="held-out accuracy")
@@ -115,14 +115,14 @@ def plot_l2_selection(sel: dict, path: Path):
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_compare(cmp, scores, path: Path):
     """Per-class accuracy bars for every run (left) beside their ROC curves (right): binary
     problems plot the second class's score, more classes the micro-averaged one-vs-rest curve."""
     from .metrics import auc, roc_curve
-    plt = _plt()
+    plt = pyplot()
     classes = list(cmp.per_class)
     k, n = len(classes), len(cmp.names)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(7.0, 1.1 * k + 3) + 5, 4.4),
@@ -164,7 +164,7 @@ def plot_compare(cmp, scores, path: Path):
     else:
         ax2.text(0.5, 0.5, "no saved test scores\n(edgetl eval RUN)", ha="center", va="center")
     ax2.grid(alpha=.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_disagreements(d: dict, root: Path, path: Path, max_images: int = 12) -> bool:
@@ -176,7 +176,7 @@ def plot_disagreements(d: dict, root: Path, path: Path, max_images: int = 12) ->
     cols = min(max_images, max(len(s[1]) for s in sides))
     if cols == 0:
         return False
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, cols, figsize=(1.9 * cols, 4.8), squeeze=False)
     for r, (title, items, key, who) in enumerate(sides):
         for c in range(cols):
@@ -187,10 +187,10 @@ def plot_disagreements(d: dict, root: Path, path: Path, max_images: int = 12) ->
             it = items[c]
             try:
                 ax.imshow(load_image(Path(root) / it["file"], 128))
-            except Exception:  # a photo moved since: its title still says which one it was
+            except Exception:  # noqa: BLE001 - a photo moved since: its title still says which one it was
                 ax.text(0.5, 0.5, "missing", ha="center", va="center")
             ax.set_title(f"{it['true']}\n{who}: {it[key]}", fontsize=7, color="tab:red")
         axes[r][0].text(-0.08, 0.5, f"{title} ({len(items)})", transform=axes[r][0].transAxes, rotation=90,
                         ha="right", va="center", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return True

@@ -19,8 +19,8 @@ import numpy as np
 
 from edge_runtime.atomic import replacing
 from edge_runtime.errors import UserError
-from edge_runtime.log import log as _log
 from edge_runtime.image import check_resize_method
+from edge_runtime.log import log as _log
 
 from . import rundir as R
 from .backbones import get_backbone
@@ -29,7 +29,6 @@ from .config import TrainConfig
 from .data import load_dataset, make_split
 from .data.pipeline import augmenter, image_dataset, training_model
 from .data.split import Split
-
 
 
 def _verbose():

@@ -24,12 +24,8 @@ def parse_size(text: str) -> int:
     t = str(text).strip().upper().replace(" ", "")
     units = {"KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3, "KB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3,
              "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "B": 1}
-    for u, mult in units.items():
-        if t.endswith(u):
-            num = t[: -len(u)]
-            break
-    else:
-        num, mult = t, 1
+    unit = next((u for u in units if t.endswith(u)), None)
+    num, mult = (t[: -len(unit)], units[unit]) if unit else (t, 1)
     try:
         value = float(num)
     except ValueError:

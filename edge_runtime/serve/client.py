@@ -21,7 +21,7 @@ def check_server_url(url: str) -> None:
     a scheme urllib would try, such as ftp://)."""
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.port   # a bad port raises here
+        _ = parts.port   # a bad port raises here
     except ValueError as e:
         raise ServerUnreachable(f"{url}: not a URL ({e}); give e.g. http://pi.local:8080") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -47,7 +47,7 @@ class Backbone:
     # Inner layers whose globally averaged outputs join the final pooled features (a multi-scale
     # linear probe): the head also sees mid-level texture and shape, which the last layer, tuned
     # to ImageNet's classes, partly discards. Chosen per backbone by nested cross-validation on
-    # training photos only (benchmarks/results/feature_taps); empty = the final features alone.
+    # training photos only (studies/feature_taps/results); empty = the final features alone.
     taps: tuple[str, ...] = ()
 
     def check(self, size: int, alpha: float) -> None:
@@ -121,7 +121,7 @@ def _load_weights_file(model, path: str, name: str):
         raise BackboneError(f"{path}: weights file not found (for --weights use 'imagenet', 'none' or a file)")
     try:
         model.load_weights(str(p))
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
         first = str(e).strip().splitlines()[0][:200]
         raise BackboneError(f"{path}: does not fit backbone {name} ({first}); check --backbone/--alpha") from None
     return model

@@ -193,7 +193,7 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
                 for key in sorted(z.files, key=lambda k: (k.rsplit(":", 1)[0], int(k.rsplit(":", 1)[1]))):
                     arrays.setdefault(key.rsplit(":", 1)[0], []).append(z[key])
             return arrays
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure here has one meaning for the user
             cache.unlink(missing_ok=True)   # damaged cache: rebuild it from the checkpoint
     import time
 
@@ -261,7 +261,7 @@ for _v, (_w, _d, _res, _drop) in VARIANTS.items():
                         else "none offline: --weights PATH (Keras weights file) or none"),
         build_base=_builder(_v), build_classifier=_classifier_builder(_v),
         # Lite0 also pools its last block's expansion (1,152 wide at 7x7): +0.68 pt held-out on
-        # flowers5 in float (benchmarks/results/feature_taps, 8 better / 1 worse of 10 re-splits of
+        # flowers5 in float (studies/feature_taps/results, 8 better / 1 worse of 10 re-splits of
         # train+val). Its int8 reached the 0.99 agreement edgetl converts to only once the converter
         # re-fit the head to the int8 features (converter.head_refit): 0.9852 before, 0.9901 after.
         # The other variants have no offline weights to measure a choice on.

@@ -19,12 +19,12 @@ def hub_backbone(handle: str) -> Backbone:
             try:
                 import tensorflow_hub as hub
                 path = hub.resolve(handle)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
                 raise BackboneError(f"hub:{handle}: could not be fetched ({e.__class__.__name__}); "
                                     "download it where there is internet and pass the local SavedModel folder") from None
         try:
             layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default", trainable=False)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
             raise BackboneError(f"hub:{handle}: not a SavedModel feature vector ({str(e)[:120]})") from None
         inp = keras.Input((size, size, 3))
         out = layer(inp)

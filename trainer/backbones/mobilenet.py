@@ -4,7 +4,6 @@ from __future__ import annotations
 from . import Backbone, keras_app_builder, register
 
 
-
 def _mnv2_width(alpha: float) -> int:
     """Keras' rule: the last layer keeps 1280 channels below width 1.0 and scales above it."""
     return 1280 if alpha <= 1.0 else int(1280 * alpha)

@@ -40,7 +40,7 @@ def materialize(name: str, data_dir: str | None = None, out: Path | None = None)
         raise DataError(f"tfds:{name} needs tensorflow-datasets: pip install 'edgetl[train]'") from None
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
         raise DataError(f"tfds:{name}: unknown dataset ({e.__class__.__name__}); see the TFDS catalogue") from None
     prepared = Path(str(builder.data_path)).exists()
     if not prepared and not online():

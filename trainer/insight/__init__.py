@@ -12,8 +12,8 @@ TensorFlow here, since `model.keras` does not depend on the backend that trained
 from .attack import AttackResult, attack, robustness_report
 from .cam import Explanation, explain, explain_misclassified
 from .dream import DreamResult, dream
+from .features import activations, filter_patterns, first_conv_filters
 from .optimize import total_variation
-from .features import activations, first_conv_filters, filter_patterns
 from .subject import Subject, open_imagenet, open_run
 
 __all__ = ["Subject", "open_run", "open_imagenet", "Explanation", "explain", "explain_misclassified",

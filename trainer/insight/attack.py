@@ -92,8 +92,9 @@ def device_probabilities(clf, images: np.ndarray) -> np.ndarray:
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     from edge_runtime.image import encode_jpeg
 

@@ -47,7 +47,8 @@ class LayerMaps:
     shape: tuple            # the layer's full output shape (h, w, channels)
 
 
-def activations(subject: Subject, image, layers: str = "early,middle,late", per_layer: int = 16) -> tuple[np.ndarray, list[LayerMaps]]:
+def activations(subject: Subject, image, layers: str = "early,middle,late",
+                per_layer: int = 16) -> tuple[np.ndarray, list[LayerMaps]]:
     """The photo at the model's size and, per chosen layer, its ``per_layer`` most active channels."""
     names = pick_layers(subject, layers)
     x = subject.load(image)

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import _plt, _save
+from ..plots import pyplot, save_figure
 
 
 def _overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    colours = _plt().get_cmap("jet")(heatmap)[..., :3]
+    colours = pyplot().get_cmap("jet")(heatmap)[..., :3]
     return np.clip((1 - alpha) * image / 255.0 + alpha * colours, 0, 1)
 
 
@@ -19,7 +19,7 @@ def _title(top) -> str:
 
 def explanation_figure(exp, classes, path: Path) -> Path:
     """input | heatmap | overlay, titled with the top-3 classes and the class explained."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.9))
     axes[0].imshow(exp.image)
     axes[0].set_title(Path(exp.source).name or "input", fontsize=9)
@@ -31,13 +31,13 @@ def explanation_figure(exp, classes, path: Path) -> Path:
     axes[2].set_title(_title(exp.top), fontsize=9)
     for a in axes:
         a.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def misclassified_figure(items, classes, path: Path, cols: int = 4) -> Path:
     """One overlay per wrong test photo, titled true -> predicted (probability)."""
-    plt = _plt()
+    plt = pyplot()
     rows = max(1, int(np.ceil(len(items) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.3 * rows), squeeze=False)
     for a in axes.flat:
@@ -48,13 +48,13 @@ def misclassified_figure(items, classes, path: Path, cols: int = 4) -> Path:
         a.set_title(f"{Path(exp.source).name}\ntrue {classes[true]} -> {classes[exp.class_index]} {p:.2f}",
                     fontsize=8, color="red")
     fig.suptitle("Where the model looked when it was wrong (Grad-CAM of the predicted class)")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def activations_figure(image: np.ndarray, layers, path: Path, cols: int = 8) -> Path:
     """The photo, then per layer a grid of its most active channels."""
-    plt = _plt()
+    plt = pyplot()
     per = max(len(l.channels) for l in layers)
     grid_rows = [int(np.ceil(per / cols)) for _ in layers]
     fig = plt.figure(figsize=(1.6 * cols, 1.8 + 1.7 * sum(grid_rows)))
@@ -73,13 +73,13 @@ def activations_figure(image: np.ndarray, layers, path: Path, cols: int = 8) -> 
         row += nrows
     fig.suptitle("Feature maps, early -> late: " + ", ".join(f"{l.layer} {l.shape[0]}x{l.shape[1]}x{l.shape[2]}"
                                                                for l in layers), fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def tiles_figure(tiles: np.ndarray, titles, path: Path, heading: str, cols: int = 8, scale: float = 1.5) -> Path:
     """A grid of RGB tiles (float 0..1 or uint8): first-layer kernels or filter patterns."""
-    plt = _plt()
+    plt = pyplot()
     rows = max(1, int(np.ceil(len(tiles) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(scale * cols, scale * rows + 0.6), squeeze=False)
     for a in axes.flat:
@@ -88,13 +88,13 @@ def tiles_figure(tiles: np.ndarray, titles, path: Path, heading: str, cols: int 
         a.imshow(t, interpolation="nearest")
         a.set_title(title, fontsize=7)
     fig.suptitle(heading, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
 def attack_figure(result, path: Path) -> Path:
     """original | perturbation (amplified to the full range) | adversarial, with both predictions."""
-    plt = _plt()
+    plt = pyplot()
     diff = result.adversarial.astype(np.float32) - result.original.astype(np.float32)
     amp = np.abs(diff).max() or 1.0
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.9))
@@ -110,5 +110,5 @@ def attack_figure(result, path: Path) -> Path:
                       color="red" if result.success else "black")
     for ax in axes:
         ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
     return path

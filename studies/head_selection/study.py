@@ -11,7 +11,7 @@ Rules: ``validation`` (an 11 % held-out part, as the split gives) or ``k-fold`` 
 the whole inner part), each choosing by held-out accuracy with loss breaking ties (the default
 rule) or by held-out loss alone.
 
-    python -m benchmarks.head_selection RUN [RUN ...] --out benchmarks/results/head_selection
+    python -m studies.head_selection.study RUN [RUN ...] --out studies/head_selection/results
 """
 from __future__ import annotations
 
@@ -64,14 +64,22 @@ def cached_features(run: Path, splits: tuple[str, ...]) -> tuple[np.ndarray, np.
 def fit_rule(rule: str, X: np.ndarray, y: np.ndarray, n: int) -> tuple[L.LinearModel, float]:
     """``solve_head`` under one rule on (X, y); returns the refit model and the chosen L2."""
     method, criterion = rule.split("+")
-    held = L._folds(y, 9, 0) == 0           # about 11 %: the validation part a split would give
-    _, final, sel = L.solve_head(X[~held], y[~held], X[held], y[held], n, method=method, criterion=criterion)
+    held = L.stratified_folds(y, 9, 0) == 0           # about 11 %: the validation part a split would give
+    _, final, sel = L.solve_head(X[~held], y[~held], X[held], y[held], n, method=method, choose=CHOOSERS[criterion])
     return final, sel.l2
+
+
+def choose_by_loss(acc, lval) -> int:
+    """The rule the product did not keep: the lowest held-out loss alone."""
+    return int(np.argmin(np.asarray(lval)))
+
+
+CHOOSERS = {"accuracy": L.choose_by_accuracy, "loss": choose_by_loss}
 
 
 def nested(run: Path, rules=RULES) -> list[dict]:
     X, y, n = cached_train_val(run)
-    outer = L._folds(y, OUTER_FOLDS, OUTER_SEED)
+    outer = L.stratified_folds(y, OUTER_FOLDS, OUTER_SEED)
     rows = []
     for rule in rules:
         t, hits, l2s = time.time(), 0, []
@@ -105,10 +113,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="finished `edgetl train` run folders (their caches are read)")
     ap.add_argument("--rules", default=",".join(RULES))
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/head_selection"))
+    ap.add_argument("--out", type=Path, default=Path("studies/head_selection/results"))
     a = ap.parse_args(argv)
     rows = [r for run in a.runs for r in nested(run, a.rules.split(","))]
-    command = " ".join(["python -m benchmarks.head_selection", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m studies.head_selection.study", *(argv or sys.argv[1:])])
     from benchmarks.report import save_report
     save_report(a.out, "head_selection", {"command": command, "rows": rows}, markdown(rows, command))
     return 0

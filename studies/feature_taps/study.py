@@ -16,10 +16,10 @@ benchmark is how those names were chosen, and lets anyone re-check them:
 
 The registry keeps, per backbone family, the candidate with the best mean paired gain over the
 final features in step 2, provided its int8 artifact still reaches the converter's agreement
-target on the held-out twin's validation images (`benchmarks.accuracy`'s "recovery's val agree"
+target on the held-out twin's validation images (`studies.accuracy.study`'s "recovery's val agree"
 column); EfficientNet-Lite's best candidate did not, so it keeps the final features alone.
 
-    python -m benchmarks.feature_taps RUN [RUN ...] --draws 10 --out benchmarks/results/feature_taps
+    python -m studies.feature_taps.study RUN [RUN ...] --draws 10 --out studies/feature_taps/results
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.head_resplits import draw, trainer_head
+from studies.head_resplits.study import draw, trainer_head
 
 # Per family: candidate tap sets, named by where they sit in the backbone.
 CANDIDATES = {
@@ -54,8 +54,8 @@ def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.
     tapped: (features, labels, split 0/1/2, column slice per layer with "final" first)."""
     import keras
 
-    from benchmarks.head_selection import split_list
     from edge_runtime.image import load_image
+    from studies.head_selection.study import split_list
     from trainer import rundir as R
     from trainer.backbones import get_backbone
     from trainer.model import build
@@ -139,10 +139,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="finished `edgetl train` run folders")
     ap.add_argument("--draws", type=int, default=10, help="re-drawn splits of train+val per run")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/feature_taps"))
+    ap.add_argument("--out", type=Path, default=Path("studies/feature_taps/results"))
     a = ap.parse_args(argv)
     results = [compare(run, a.draws) for run in a.runs]
-    command = " ".join(["python -m benchmarks.feature_taps", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m studies.feature_taps.study", *(argv or sys.argv[1:])])
     from benchmarks.report import save_report
     save_report(a.out, "feature_taps", {"command": command, "results": results}, markdown(results, command))
     return 0

@@ -9,7 +9,7 @@ new run's model to int8 twice (plain, and with recovery) and reads every number 
 own metrics.json and deploy manifests, so the table is what `edgetl train` / `edgetl convert`
 record for a user.
 
-    python -m benchmarks.accuracy --assets ../shared/assets --out benchmarks/results/accuracy
+    python -m studies.accuracy.study --assets ../shared/assets --out studies/accuracy/results
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--assets", default="../shared/assets")
-    ap.add_argument("--out", default="benchmarks/results/accuracy")
+    ap.add_argument("--out", default="studies/accuracy/results")
     ap.add_argument("--work", default="runs/accuracy-bench", help="Where the runs are kept.")
     ap.add_argument("--only", help="Run only rows whose 'data-backbone' contains this text.")
     a = ap.parse_args(argv)
@@ -111,12 +111,12 @@ def main(argv=None):
         if a.only and a.only not in key:
             continue
         row = run_row(Path(a.assets), work, data, backbone, alpha, weights)
-        row["command"] = " ".join(["python -m benchmarks.accuracy", *(argv or sys.argv[1:])])
+        row["command"] = " ".join(["python -m studies.accuracy.study", *(argv or sys.argv[1:])])
         row["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         done = [r for r in done if (r["data"], r["backbone"], r["alpha"]) != (data, backbone, alpha)] + [row]
         from trainer import rundir as R
-        R.write_json(res_file, {"command": "python -m benchmarks.accuracy --assets ../shared/assets "
-                                           "--out benchmarks/results/accuracy [--only KEY]; each row keeps its own",
+        R.write_json(res_file, {"command": "python -m studies.accuracy.study --assets ../shared/assets "
+                                           "--out studies/accuracy/results [--only KEY]; each row keeps its own",
                                 "rows": done})  # after every row: a crash keeps the finished ones
         R.write_text(out / "accuracy.md", markdown(done))
         print(markdown([row]), flush=True)

@@ -6,8 +6,8 @@ epoch of fine-tuning from the decoded cache (images/s), each loader fed to the s
 The tf.data variant is the pipeline the trainer used before (Pillow decode in `numpy_function`,
 AUTOTUNE parallel map, cache, prefetch).
 
-    python -m benchmarks.loader --data ../shared/assets/data/flowers5_kaggle227 \
-        --weights ../shared/assets/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 --out benchmarks/results
+    python -m studies.loader.study --data ../shared/assets/data/flowers5_kaggle227 \
+        --weights ../shared/assets/weights/mobilenet_v2_1.0_224_imagenet_no_top.h5 --out studies/loader/results
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2, help="best of N, loaders alternating")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--out", type=Path, default=Path("studies/loader/results"))
     a = ap.parse_args(argv)
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import keras

@@ -14,11 +14,11 @@ on that draw's test part:
   logistic regression, C chosen on validation from a grid, refit on train+val with that C
   (only when scikit-learn is installed; it comes with MLflow, the ``track`` extra).
 
-It chooses nothing for any run: it measures methods, as ``benchmarks.accuracy`` does on one
+It chooses nothing for any run: it measures methods, as ``studies.accuracy.study`` does on one
 split. The report gives each head's mean and spread over the draws, the paired difference to
 the default, and the run's own split for comparison.
 
-    python -m benchmarks.head_resplits RUN [RUN ...] --draws 10 --out benchmarks/results/head_resplits
+    python -m studies.head_resplits.study RUN [RUN ...] --draws 10 --out studies/head_resplits/results
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.head_selection import cached_features
+from studies.head_selection.study import cached_features
 from trainer import linear as L
 
 REFERENCE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -135,14 +135,14 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", type=Path, help="finished `edgetl train` run folders (their caches are read)")
     ap.add_argument("--draws", type=int, default=10, help="re-drawn splits per run")
     ap.add_argument("--heads", default=",".join(HEADS), help=f"some of {','.join(HEADS)}")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/head_resplits"))
+    ap.add_argument("--out", type=Path, default=Path("studies/head_resplits/results"))
     a = ap.parse_args(argv)
     heads = tuple(h for h in a.heads.split(",") if h)
     unknown = [h for h in heads if h not in HEADS]
     if unknown:
         raise SystemExit(f"--heads: unknown {unknown}; use some of {','.join(HEADS)}")
     results = [compare(run, a.draws, heads) for run in a.runs]
-    command = " ".join(["python -m benchmarks.head_resplits", *(argv or sys.argv[1:])])
+    command = " ".join(["python -m studies.head_resplits.study", *(argv or sys.argv[1:])])
     from benchmarks.report import save_report
     save_report(a.out, "head_resplits", {"command": command, "results": results}, markdown(results, command))
     return 0

@@ -1,0 +1,64 @@
+"""The floors of the house, as code: edgetl (CLI) > benchmarks > converter > trainer > edge_runtime.
+A room imports only from its own floor and the ones below; edge_runtime, what a device installs,
+imports only the standard library, numpy, Pillow, a TFLite interpreter and its extras' packages
+(never TensorFlow). Every import counts, also the ones inside functions. Studies (studies/) may
+import the product's public names only."""
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+FLOORS = ["edge_runtime", "trainer", "converter", "benchmarks", "edgetl"]   # bottom to top
+DEVICE_PACKAGES = {"numpy", "PIL", "ai_edge_litert", "tflite_runtime", "click",
+                   "cv2", "picamera2",                                         # [camera]
+                   "fastapi", "starlette", "uvicorn", "prometheus_client"}    # [serve]
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every absolute import in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return out
+
+
+def files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", FLOORS)
+def test_a_room_imports_nothing_from_a_floor_above_it(package):
+    above = set(FLOORS[FLOORS.index(package) + 1:]) | {"studies", "tests"}
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {mod}" for f in files(package) for line, mod in imports(f)
+           if mod.split(".")[0] in above]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_device_package_imports_only_what_a_device_installs():
+    allowed = set(sys.stdlib_module_names) | DEVICE_PACKAGES | {"edge_runtime"}
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {mod}" for f in files("edge_runtime") for line, mod in imports(f)
+           if mod.split(".")[0] not in allowed]
+    assert not bad, "\n".join(bad)
+
+
+def test_studies_use_only_public_names_of_the_product():
+    product = set(FLOORS)
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {mod}" for f in sorted((ROOT / "studies").rglob("*.py"))
+           for line, mod in imports(f)
+           if mod.split(".")[0] in product and any(part.startswith("_") for part in mod.split(".")[1:])]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_wheel_packages_no_studies():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = cfg["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert not any(p.startswith("studies") for p in include) and "benchmarks*" in include
+    assert not (ROOT / "studies" / "__init__.py").exists() or "studies*" not in include
