@@ -89,7 +89,7 @@ def fine_tuning(parts, batches, hw, steps: int, blocks: int = 6) -> dict:
 
 
 def run(out: Path, batch_sizes, backbones, precisions, weights: dict, images: int, size: int,
-        steps: int, ft_steps: int, backend: str | None, mixed: str) -> dict:
+        *, steps: int, ft_steps: int, backend: str | None, mixed: str) -> dict:
     from trainer.data.pipeline import image_dataset, loader_workers
     from trainer.data.synthetic import generate
     from trainer.hardware import setup, use_backend
@@ -176,7 +176,7 @@ def main(argv=None):
         a.batch_sizes, a.precisions, a.images, a.steps, a.fine_tune_steps = "64", "float32", 384, 4, 3
     weights = dict(w.split("=", 1) for w in a.weights)
     run(a.out, [int(b) for b in a.batch_sizes.split(",")], a.backbones.split(","), a.precisions.split(","),
-        weights, a.images, a.size, a.steps, a.fine_tune_steps, a.backend, "on")
+        weights, a.images, a.size, steps=a.steps, ft_steps=a.fine_tune_steps, backend=a.backend, mixed="on")
 
 
 if __name__ == "__main__":

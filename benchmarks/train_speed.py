@@ -36,7 +36,7 @@ CACHED = "edgetl --features litert, extractor cached"
 
 
 def tutorial_recipe(split, backbone: str, size: int, alpha, weights: str, epochs: int = 6, batch: int = 32,
-                    seed: int = 0):
+                    *, seed: int = 0):
     """The tutorial's model and loop on the registry's backbone (same weights and preprocessing
     as edgetl's): returns (seconds from images to trained model, test accuracy)."""
     import keras

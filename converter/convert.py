@@ -260,7 +260,7 @@ def reference(model, split, size: int, method: str, need_val: bool, heldout=None
 
 
 def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels: list[str], threads,
-                    int8_recovery: bool, verbose: bool, run: Path, twin: Path | None = None,
+                    *, int8_recovery: bool, verbose: bool, run: Path, twin: Path | None = None,
                     x_calib: np.ndarray | None = None):
     """One precision's .tflite flatbuffer (int8: with recovery) and what recovery chose.
     ``twin``: the SavedModel of the held-out twin, which int8 recovery measures on;
@@ -295,7 +295,7 @@ def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> Use
     return UserError(f"{run}: {prec} conversion failed: {summarize(text)}; {where}")
 
 
-def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, secs: float,
+def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, *, secs: float,
            choice, max_drop: float = 1.0) -> dict:
     """The manifest entry of one written artifact: checked tensor types, test-split accuracy and
     agreement with Keras through the device's own Classifier, draft decoding, delegation."""
@@ -341,7 +341,7 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
 
 
 def build_manifest(run: Path, cfg, labels: list[str], size: int, method: str, io: str, max_drop: float,
-                   calibration: dict, artifacts: list[dict]) -> dict:
+                   *, calibration: dict, artifacts: list[dict]) -> dict:
     return {
         "format": FORMAT,
         "labels": labels, "labels_file": "labels.txt",
@@ -373,7 +373,7 @@ def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
 
 def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
             calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
-            threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
+            *, threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
             track: str | None = None, data_root: str | None = None) -> dict:
     """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
     ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's.
@@ -438,19 +438,20 @@ def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io:
                 interrupted.check()
                 t0 = time.time()
                 calib = representative_dataset(x_calib) if prec == "int8" else None
-                blob, choice = _artifact_bytes(src, prec, io, calib, ref, labels, threads, int8_recovery, verbose,
-                                               run, twin, x_calib)
+                blob, choice = _artifact_bytes(src, prec, io, calib, ref, labels, threads, int8_recovery=int8_recovery,
+                                               verbose=verbose, run=run, twin=twin, x_calib=x_calib)
                 blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
                                 probabilities=True, resize=method,
                                 name=f"edgetl {cfg.backbone_name} {prec}",
                                 description=f"image classifier over {len(labels)} classes, trained by edgetl")
                 path = stage / names[prec]
                 _atomic_write(path, blob)
-                artifacts.append(verify(path, prec, io, ref, labels, method, threads, time.time() - t0, choice, max_drop))
+                artifacts.append(verify(path, prec, io, ref, labels, method, threads, secs=time.time() - t0,
+                                        choice=choice, max_drop=max_drop))
         R.write_text(stage / "labels.txt", "\n".join(labels) + "\n")
         calibration = {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
                        "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False}
-        manifest = build_manifest(run, cfg, labels, size, method, io, max_drop, calibration, artifacts)
+        manifest = build_manifest(run, cfg, labels, size, method, io, max_drop, calibration=calibration, artifacts=artifacts)
         for a in artifacts:
             a["model_fingerprint"] = fingerprint
         manifest["model_fingerprint"] = fingerprint

@@ -155,7 +155,7 @@ def layer_errors(converter, x_debug: np.ndarray) -> tuple[bytes, list[dict]]:
 
 
 def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndarray, ref_val: np.ndarray,
-                           labels: list[str], target: float = TARGET_AGREEMENT, candidates: int = CANDIDATES,
+                           labels: list[str], target: float = TARGET_AGREEMENT, *, candidates: int = CANDIDATES,
                            threads=None, log=lambda m: None, detail=lambda m: None,
                            ship_converter=None, x_fit: np.ndarray | None = None) -> tuple[bytes, Int8Choice]:
     """``converter``: a TFLiteConverter set up for int8 (optimizations + representative dataset).
@@ -193,8 +193,8 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
 
         blob, chosen, floats, tried, refit, l2 = plain, plain_score, [], [], {}, None
         if x_fit is not None and candidates:
-            refit_blob, refit = _choose_refit(calibrated, plain, io, x_fit, x_val, y_val, ref_val, threads,
-                                              log, detail)
+            refit_blob, refit = _choose_refit(calibrated, plain, io, x_fit, x_val, y_val, ref_val, threads=threads,
+                                              log=log, detail=detail)
             if refit["kept"]:
                 blob, l2 = refit_blob, refit["l2"]
                 chosen = {k: refit["chosen"][k] for k in ("agreement", "accuracy")}
@@ -231,7 +231,7 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
     return blob, choice
 
 
-def _choose_refit(calibrated: bytes, plain: bytes, io: str, x_fit, x_val, y_val, ref_val, threads, log, detail):
+def _choose_refit(calibrated: bytes, plain: bytes, io: str, x_fit, x_val, y_val, ref_val, *, threads, log, detail):
     """Step 4: the head re-fit at each strength of ``head_refit.GRID`` to ``plain`` (the int8
     model of ``calibrated``), each measured on the validation images; returns (best model,
     record) with record["kept"] when it beats ``plain`` on KL and does not lose agreement."""

@@ -93,7 +93,7 @@ def model_metadata(labels: list[str], size: int, input_dtype: str, probabilities
 
 
 def populate(model: bytes, labels: list[str], size: int, input_dtype: str, probabilities: bool,
-             resize: str, name: str = "edgetl image classifier", description: str = "",
+             resize: str, name: str = "edgetl image classifier", *, description: str = "",
              version: str = "1") -> bytes:
     """``model`` with metadata and associated files; an existing ``TFLITE_METADATA`` is replaced."""
     import flatbuffers

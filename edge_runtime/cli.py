@@ -81,7 +81,7 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         if eval_src:
             sys.exit(_eval(clf, Path(eval_src), data_root, as_json))
         if video or camera is not None:
-            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for))
+            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for=reconnect_for))
         files = [Path(p) for p in images]
         if folder:
             files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
@@ -149,7 +149,7 @@ def _remote(url, api_key, paths, folder, top_k, threshold, as_json) -> int:
     return _classify_files(files, remote, threshold, as_json)
 
 
-def _stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for=300.0) -> int:
+def _stream(clf, video, camera, max_frames, top_k, threshold, as_json, *, reconnect_for=300.0) -> int:
     from .stream import camera_frames, is_stream_url, run_stream, video_frames
 
     if reconnect_for < 0:

@@ -16,7 +16,7 @@ from edge_runtime.errors import UserError
 from trainer.config import TrainConfig
 
 from . import insight_cli
-from .clikit import comma_floats, friendly, options_from, progress_counter
+from .clikit import comma_floats, friendly, options_from, progress_counter, require_modules
 
 
 def _track_option(fn):
@@ -186,6 +186,7 @@ def eval_cmd(run, data, data_root, as_json, track):
 @friendly
 def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
     """Run the whole pipeline on the built-in synthetic dataset (offline, a few minutes on a CPU)."""
+    require_modules("demo")
     from edgetl.demo import run_demo
 
     run_demo(out, per_class=per_class, backbone=backbone, alpha=alpha, size=size, weights=weights,
@@ -279,6 +280,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
     report.md / .csv / .json and accuracy_vs_latency.png. Exits 1 when an artifact fails verification."""
     if ctx.invoked_subcommand:
         return
+    require_modules("bench")
     from benchmarks.bench import BenchConfig, Row, load_preset, run_bench
     from benchmarks.report import markdown, write_report
 

@@ -27,6 +27,22 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     return f"`{command}` needs {top}, which this install lacks: pip install \"edgetl[{extra}]\""
 
 
+# what training, converting and measuring need beyond the device install
+TRAINING_MODULES = ("tensorflow", "keras", "scipy", "matplotlib", "imagehash")
+
+
+def require_modules(command: str, modules=TRAINING_MODULES) -> None:
+    """Refuse, before anything is written, a command whose extra is not installed (an [edge]-only
+    install running `edgetl demo` would otherwise write its data folder and stop half-way, and the
+    folder would then block the next run)."""
+    import importlib.util
+
+    for m in modules:
+        if importlib.util.find_spec(m) is None:
+            raise UserError(f"`edgetl {command}` needs {m}, which this install lacks: "
+                            f"pip install \"edgetl[{EXTRA_OF.get(m, 'train')}]\"")
+
+
 def friendly(fn):
     """Turn UserError, and a module missing because an extra is not installed, into one line on
     stderr and exit status 2 (no traceback)."""

@@ -15,7 +15,7 @@ def _say(msg: str):
 
 
 def run_demo(out: Path, per_class: int = 60, backbone: str = "efficientnet_lite0", alpha: float | None = None,
-             size: int | None = 128, weights: str = "imagenet", seed: int = 0, fine_tune: bool = False) -> dict:
+             size: int | None = 128, weights: str = "imagenet", seed: int = 0, *, fine_tune: bool = False) -> dict:
     from trainer.backbones import BackboneError
     from trainer.config import TrainConfig
     from trainer.data import load_dataset

@@ -205,7 +205,7 @@ def dream(args, steps, tv_weight, jitter, lr, until, seed, backbone, weights, al
     subject, rest, default = open_subject(args, backbone, weights, alpha, size, labels, "a CLASS")
     if len(rest) != 1:
         raise UserError(f"give exactly one CLASS (got {len(rest)}); e.g. {subject.classes[0]!r}")
-    r = dream_image(subject, rest[0], steps, tv_weight, seed, jitter, lr, until, progress=progress_counter("dream"))
+    r = dream_image(subject, rest[0], steps, tv_weight, seed, jitter, lr, until=until, progress=progress_counter("dream"))
     folder = _out(out, default)
     stem = "dream_" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r.class_name)
     _save_png(folder / f"{stem}.png", r.image)

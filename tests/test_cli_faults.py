@@ -125,7 +125,8 @@ def places(small_run, synth_data, tmp_path_factory):
 
 
 def cases(p) -> dict[tuple[str, ...], dict[str, list | None]]:
-    """Per command, per fault: its arguments (None: the fault cannot concern it, with why below)."""
+    """Per command, per fault: its arguments, or a tuple of argument lists (none: the fault cannot
+    concern it, with why beside it)."""
     d, ro, full, data = p["damaged"], p["ro"], p["full"], p["data"]
     small = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--size", "96", "--weights", str(W035)]
 
@@ -149,7 +150,7 @@ def cases(p) -> dict[tuple[str, ...], dict[str, list | None]]:
         ("data", "synth"): {"readonly": [ro / "synth"], "full": [full / "synth", "--per-class", "200"]},
         ("demo",): {"readonly": ["--out", ro / "demo"], "full": ["--out", full / "demo"]},
         ("dream",): run_cases("dotted", "--steps", "2"),
-        ("eval",): run_cases(),
+        ("eval",): {**run_cases(), "readonly": ([ro / "run"], [ro / "run", "--data", data])},
         ("explain",): run_cases(PHOTO),
         ("filters",): run_cases("--steps", "2"),
         ("imagenet",): {},                     # reads photos and prints; writes nothing
@@ -177,10 +178,10 @@ def test_every_command_meets_each_fault_with_one_line(places, fault):
     from edgetl.cli import cli
 
     ran = 0
-    for path, per_fault in sorted(cases(places).items()):
-        args = per_fault.get(fault)
-        if args is None:
-            continue
+    runs = [(path, args) for path, per_fault in sorted(cases(places).items())
+            for args in (per_fault[fault] if isinstance(per_fault.get(fault), tuple) else [per_fault.get(fault)])
+            if args is not None]
+    for path, args in runs:
         root = {"readonly": places["ro"], "full": places["full"]}.get(fault)
         mounted = {"readonly": places["ro_mounted"], "full": places["full_mounted"]}.get(fault, True)
         code = errno.EROFS if fault == "readonly" else errno.ENOSPC

@@ -62,3 +62,20 @@ def test_the_wheel_packages_no_studies():
     include = cfg["tool"]["setuptools"]["packages"]["find"]["include"]
     assert not any(p.startswith("studies") for p in include) and "benchmarks*" in include
     assert not (ROOT / "studies" / "__init__.py").exists() or "studies*" not in include
+
+
+def test_no_function_takes_more_than_seven_positional_parameters():
+    """Past seven, a call site cannot be read without the signature beside it: the rest are
+    keyword-only (click command callbacks excepted: click passes their options by name)."""
+    bad = []
+    for package in FLOORS:
+        for f in files(package):
+            for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                decorators = " ".join(ast.unparse(d) for d in node.decorator_list)
+                if any(k in decorators for k in ("command", "option", "argument", "friendly", "pass_context")):
+                    continue
+                if len(node.args.posonlyargs) + len(node.args.args) > 7:
+                    bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not bad, "\n".join(bad)

@@ -236,3 +236,19 @@ def test_1e400_and_deep_nesting_are_400():
         _tensor(inp, GEN)
     with pytest.raises(HTTPError):
         _json_request(b"[" * 100_000 + b"]" * 100_000)
+
+
+@SETTINGS
+@given(report=st.one_of(json_values, mutated({"kind": "edgetl-device-benchmark/1", "rows": [
+    {"sha256": "a" * 64, "threads": 2, "end_to_end_ms": {"median": 5.0}}]})))
+def test_a_damaged_device_benchmark_never_stops_the_run_listing(tmp_path_factory, report):
+    from trainer.history import list_runs
+
+    root = tmp_path_factory.mktemp("runs")
+    run = root / "run"
+    (run / "deploy").mkdir(parents=True)
+    (run / "labels.txt").write_text("cat\ndog\n")
+    _write(run / "config.json", VALID_CONFIG)
+    _write(run / "metrics.json", VALID_METRICS)
+    _write(run / "deploy" / "benchmark.json", report)
+    assert [r.accuracy for r in list_runs([root])] == [0.9]

@@ -420,3 +420,51 @@ def test_edge_serve_stays_up_through_1000_in_place_overwrites_of_its_model(deplo
 
 
 PHOTO_BYTES = (SAMPLES / "daisy.jpg").read_bytes()
+
+
+# -- the rest of the reported tracebacks: one line each, exit 2 ----------------------------------
+
+@pytest.mark.parametrize("args, says", [
+    (["data", "synth", "{tmp}/s", "--size", "100000"], "--size 16-4096"),
+    (["data", "synth", "{tmp}/s", "--seed", "-1"], "--seed 0 or more"),
+    (["runs", "compare", "{run}", "{run}", "--max-images", "-1"], "--max-images -1"),
+    (["bench", "--data", "{tmp}", "--backbones", "mobilenet_v2:0.35@96", "--precisions", "int4"], "int4"),
+    (["bench", "--data", "{tmp}", "--backbones", ",,,"], "names no backbone"),
+    (["convert", "{run}", "--out", "."], "must not replace"),
+], ids=["synth-size", "synth-seed", "compare-max-images", "bench-int4", "bench-no-backbones", "convert-out-dot"])
+def test_reported_bad_options_are_one_line(small_run, tmp_path, monkeypatch, args, says):
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    monkeypatch.chdir(small_run.parent)           # `--out .` is then the run's parent folder
+    r = CliRunner().invoke(cli, [a.format(tmp=tmp_path, run=small_run) for a in args])
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2 and lines[-1].startswith("error: ") and says in lines[-1], r.output
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1", "ftp://example.org/", "http://host:99999"])
+def test_edge_predict_with_a_bad_server_url_is_one_line_without_waiting(url):
+    from click.testing import CliRunner
+
+    from edge_runtime.cli import cli
+
+    t = time.time()
+    r = CliRunner().invoke(cli, ["--server", url, str(PHOTO_PATH)])
+    assert r.exit_code == 2 and r.output.strip().startswith("error: ") and url in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and time.time() - t < 10
+
+
+def test_edge_serve_with_a_file_that_is_not_a_tls_key_is_one_line(deployed, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_runtime.serve.cli import main
+
+    junk = tmp_path / "key.pem"
+    junk.write_text("not a key\n")
+    r = CliRunner().invoke(main, [str(deployed), "--ssl-keyfile", str(junk), "--ssl-certfile", str(junk)])
+    assert r.exit_code == 2 and "not a usable TLS key and certificate pair" in r.output, r.output
+
+
+PHOTO_PATH = SAMPLES / "daisy.jpg"

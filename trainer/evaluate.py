@@ -69,7 +69,7 @@ def data_name(data: str) -> str:
 
 
 def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str = "test",
-                 plots: bool = True, batch_size: int = 32, track: str | None = None, hw=None,
+                 plots: bool = True, batch_size: int = 32, track: str | None = None, *, hw=None,
                  probs: np.ndarray | None = None, data_root: str | None = None) -> dict:
     """Score the run on its test split (or ``data``), update RUN/metrics.json and the plots.
     ``track``: an MLflow URI; the metrics are added to the run's MLflow run (`train` passes

@@ -205,7 +205,7 @@ def _litert_unavailable(hw) -> str | None:
 
 
 def choose_engine(run: Path, requested: str, features_model, identity: dict, sample: list[str], size: int,
-                  method: str, hw=None, pre: str | None = None, speculation: "Speculation | None" = None) -> Engine:
+                  method: str, *, hw=None, pre: str | None = None, speculation: "Speculation | None" = None) -> Engine:
     """Decide (once per run, recorded in RUN/cache) which engine computes the features. LiteRT is
     used only after its features on ``sample`` match Keras' within TOLERANCE. ``speculation``:
     extraction already started from the extractor a previous run left (used only when its key is
@@ -217,12 +217,12 @@ def choose_engine(run: Path, requested: str, features_model, identity: dict, sam
         d = json.loads(saved.read_text())
         if d.get("requested") == requested and (d["name"] != "litert" or Path(d["tflite"]).exists()):
             return Engine(**d)
-    engine = _decide(requested, features_model, identity, sample, size, method, hw, pre, speculation)
+    engine = _decide(requested, features_model, identity, sample, size, method, hw, pre=pre, speculation=speculation)
     write_json(saved, engine.to_dict())
     return engine
 
 
-def _decide(requested, features_model, identity, sample, size, method, hw, pre, speculation) -> Engine:
+def _decide(requested, features_model, identity, sample, size, method, hw, *, pre, speculation) -> Engine:
     if requested == "keras":
         return Engine("keras", requested, "asked for with --features keras")
     why_not = _litert_unavailable(hw)
@@ -315,7 +315,7 @@ class _Cancelled(Exception):
 
 
 def speculate(requested: str, identity: dict, weights: str, seed: int, jobs, size: int, method: str,
-              hw=None) -> tuple[str, Speculation | None]:
+              *, hw=None) -> tuple[str, Speculation | None]:
     """(pre-key, a started Speculation or None when no converted extractor is known for it)."""
     pre = prekey(identity, weights, seed)
     if requested == "keras" or _litert_unavailable(hw):

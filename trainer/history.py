@@ -102,6 +102,14 @@ def fingerprints(run: Path) -> dict:
     return sp.fingerprints or content_fingerprints(sp)
 
 
+def _median(timing) -> float | None:
+    """The end-to-end median of a latency entry ({"median": ms} or {"end_to_end_ms": {...}})."""
+    if isinstance(timing, dict) and "end_to_end_ms" in timing:
+        timing = timing["end_to_end_ms"]
+    m = timing.get("median") if isinstance(timing, dict) else None
+    return float(m) if isinstance(m, (int, float)) and not isinstance(m, bool) else None
+
+
 def latency_index(roots: list[Path], runs: list[Path]) -> dict[str, tuple[float, int, str]]:
     """sha256 -> (end-to-end median ms, threads, source file), from every device benchmark
     (``edge-predict DEPLOY --benchmark`` writes DEPLOY/benchmark.json) and bench report found.
@@ -120,17 +128,19 @@ def latency_index(roots: list[Path], runs: list[Path]) -> dict[str, tuple[float,
             continue
         if not isinstance(rep, dict):
             continue
-        for row in rep.get("rows") or []:
-            if not isinstance(row, dict) or not row.get("sha256"):
+        rows = rep.get("rows")
+        for row in rows if isinstance(rows, list) else []:
+            if not isinstance(row, dict) or not isinstance(row.get("sha256"), str):
                 continue
             if rep.get("kind") == "edgetl-device-benchmark/1":
-                cands = [(row.get("threads"), row.get("end_to_end_ms", {}).get("median"))]
+                cands = [(row.get("threads"), _median(row.get("end_to_end_ms")))]
             elif rep.get("kind") == "edgetl-bench/1":
-                cands = [(int(t), v.get("end_to_end_ms", {}).get("median"))
-                         for t, v in (row.get("latency") or {}).items()]
+                lat = row.get("latency")
+                cands = [(t, _median(v)) for t, v in (lat.items() if isinstance(lat, dict) else [])]
             else:
                 continue
-            for threads, ms in cands:
+            for threads, ms in cands:   # a hand-edited or cut report: its bad rows are passed over
+                threads = int(threads) if isinstance(threads, (int, str)) and str(threads).isdigit() else None
                 if ms is None or threads is None:
                     continue
                 old = index.get(row["sha256"])

@@ -72,7 +72,7 @@ def build_imagenet_model(backbone: str, size: int | None = None, alpha: float | 
 
 def classify_images(paths, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
                     size: int | None = None, alpha: float | None = None, labels: str | None = None,
-                    top_k: int = 5, skipped: list | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+                    top_k: int = 5, *, skipped: list | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
     """``[(path, [(class name, probability), ...]), ...]`` for each image, best first. An unreadable
     image raises ImageError, unless ``skipped`` is a list: then it is appended there as
     ``(path, reason)`` and the others are still classified."""

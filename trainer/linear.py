@@ -259,7 +259,7 @@ def _objective(loss: str, rows: Rows, std: _Standardiser, y: np.ndarray, n: int,
 
 def fit(X, y: np.ndarray, n: int, l2: float, loss: str = "logistic",
         sample_weight: np.ndarray | None = None, init: np.ndarray | None = None,
-        max_iter: int = 300, tol: float = 1e-5, std: _Standardiser | None = None) -> tuple[np.ndarray, int]:
+        *, max_iter: int = 300, tol: float = 1e-5, std: _Standardiser | None = None) -> tuple[np.ndarray, int]:
     """Solve one regularised problem; returns (theta, iterations) in the standardised space of
     ``std`` (None: X is used as it is). ``X``: an array or Rows. Deterministic: full batch, no
     randomness; float32 matmuls, the loss summed in float64."""
@@ -294,7 +294,7 @@ def _heldout(loss: str, rows: Rows, std: _Standardiser, y: np.ndarray, theta: np
     return hits / max(len(y), 1), total / max(len(y), 1)
 
 
-def _path(loss, std, Xtr, ytr, wtr, Xho, yho, n, grid, fits=None):
+def _path(loss, std, Xtr, ytr, wtr, Xho, yho, *, n, grid, fits=None):
     """Fit along the grid from strong to weak regularisation (warm starts), scoring each on the
     held-out part. Returns per-grid (accuracy, loss) in the grid's order; ``fits`` (a dict), if
     given, receives l2 -> (theta, iterations)."""
@@ -333,7 +333,7 @@ def sample_weights(y: np.ndarray, weights: dict | None) -> np.ndarray:
 
 
 def solve_head(Ftr, ytr: np.ndarray, Fval, yval: np.ndarray, n: int,
-               loss: str = "logistic", class_weights: dict | None = None, grid=L2_GRID,
+               loss: str = "logistic", class_weights: dict | None = None, *, grid=L2_GRID,
                refit: bool = True, seed: int = 0, method: str = "auto",
                min_val: int = MIN_VAL_FOR_HOLDOUT, folds: int = FOLDS,
                choose=choose_by_accuracy) -> tuple[LinearModel, LinearModel, Selection]:
@@ -379,14 +379,14 @@ def _solve_head(Ftr, ytr, Fval, yval, n, *, loss, class_weights, grid, refit, se
         best = grid.index(min(grid, key=lambda g: abs(np.log10(g) + 3)))
     else:
         if method == "validation":
-            scores = _path(loss, std, Rtr, ytr, wtr, Rows([Fval]), yval, n, grid, fits)
+            scores = _path(loss, std, Rtr, ytr, wtr, Rows([Fval]), yval, n=n, grid=grid, fits=fits)
         else:
             fold = stratified_folds(yall, k, seed)
             per_fold = []
             for f in range(k):
                 tr, ho = fold != f, fold == f
                 per_fold.append(_path(loss, std, Rall.subset(tr), yall[tr], wall[tr], Rall.subset(ho), yall[ho],
-                                      n, grid))
+                                      n=n, grid=grid))
             scores = [tuple(np.mean([pf[i][j] for pf in per_fold]) for j in range(2)) for i in range(len(grid))]
         best = choose([s[0] for s in scores], [s[1] for s in scores])
     l2 = grid[best]

@@ -23,7 +23,7 @@ class Parts:
 
 
 def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: int,
-          dropout: float = 0.2, l2: float = 1e-4, taps: tuple[str, ...] | None = None) -> Parts:
+          dropout: float = 0.2, l2: float = 1e-4, *, taps: tuple[str, ...] | None = None) -> Parts:
     """``taps``: inner layers pooled beside the final features (default: the backbone's own,
     ``spec.taps``; ``()`` for the final features alone)."""
     import keras

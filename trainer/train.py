@@ -119,10 +119,10 @@ def start_features(run: Path, cfg: TrainConfig, spec, split: Split, hw=None):
     from .features import speculate
 
     jobs = [(_features_file(run, cfg, split, s), split.paths_labels(s)[0], f"features[{s}]") for s in ("train", "val")]
-    return speculate(cfg.features, _identity(cfg, spec), cfg.weights, cfg.seed, jobs, cfg.size, cfg.resize, hw)
+    return speculate(cfg.features, _identity(cfg, spec), cfg.weights, cfg.seed, jobs, cfg.size, cfg.resize, hw=hw)
 
 
-def feature_engine(run: Path, cfg: TrainConfig, spec, parts, split: Split, hw=None, pre=None, speculation=None):
+def feature_engine(run: Path, cfg: TrainConfig, spec, parts, split: Split, hw=None, pre=None, *, speculation=None):
     """The engine this run's features come from (trainer.features), chosen once and recorded. A
     started speculation is kept only when the chosen engine is the extractor it ran on."""
     from .features import CHECK_IMAGES, choose_engine
@@ -130,7 +130,7 @@ def feature_engine(run: Path, cfg: TrainConfig, spec, parts, split: Split, hw=No
     sample = split.paths_labels("train")[0][:CHECK_IMAGES]
     try:
         engine = choose_engine(run, cfg.features, parts.features, _identity(cfg, spec), sample, cfg.size,
-                               cfg.resize, hw, pre, speculation)
+                               cfg.resize, hw=hw, pre=pre, speculation=speculation)
         if speculation is not None:
             if engine.name == "litert" and Path(engine.tflite) == speculation.path:
                 speculation.join()
@@ -544,7 +544,7 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
     pre, speculation = start_features(run, cfg, spec, split, hw)
     try:
         with strategy.scope():
-            parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2, feature_taps(cfg, spec))
+            parts = build(spec, cfg.size, cfg.alpha, cfg.weights, n, cfg.dropout, cfg.l2, taps=feature_taps(cfg, spec))
     except BaseException:
         if speculation is not None:
             speculation.discard()
@@ -552,13 +552,14 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
             shutil.rmtree(run, ignore_errors=True)
         raise
     try:
-        return _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation)
+        return _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume=resume, t0=t0, tracker=tracker,
+                               pre=pre, speculation=speculation)
     finally:
         if speculation is not None:
             speculation.discard()   # unless the run confirmed and used it: then nothing to do
 
 
-def _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation) -> dict:
+def _record_and_run(run, cfg, spec, parts, split, strategy, hw, *, resume, t0, tracker, pre, speculation) -> dict:
     R.write_json(run / R.CONFIG, {"train": cfg.to_dict(), "backbone": {
         "name": spec.name, "family": spec.family, "size": cfg.size, "alpha": cfg.alpha,
         "preprocessing": spec.preprocessing, "feature_width": parts.feature_width,
@@ -573,7 +574,8 @@ def _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, trac
         "data_fingerprint": (split.fingerprints or {}).get("data"), "data": cfg.data})
     tracker.params(flatten(R.read_json(run / R.CONFIG)))
     try:
-        metrics = _run_phases(run, cfg, spec, parts, split, strategy, hw, resume, t0, tracker, pre, speculation)
+        metrics = _run_phases(run, cfg, spec, parts, split, strategy, hw, resume=resume, t0=t0, tracker=tracker,
+                              pre=pre, speculation=speculation)
     except BaseException:
         tracker.end(ok=False)
         raise
@@ -581,7 +583,7 @@ def _record_and_run(run, cfg, spec, parts, split, strategy, hw, resume, t0, trac
     return metrics
 
 
-def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, hw, resume: bool,
+def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy, hw, *, resume: bool,
                 t0: float, tracker, pre=None, speculation=None) -> dict:
     """Features, head, fine-tuning, evaluation: everything that fills an already prepared run."""
     n = len(split.classes)
@@ -589,7 +591,7 @@ def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy
          + ", ".join(f"{s} {len(split[s])}" for s in ("train", "val", "test")))
 
     t_feat = time.time()
-    engine = feature_engine(run, cfg, spec, parts, split, hw, pre, speculation)
+    engine = feature_engine(run, cfg, spec, parts, split, hw, pre, speculation=speculation)
     F, Y = {}, {}
     for s in ("train", "val"):
         F[s] = cached_features(run, cfg, parts, split, s, hw, engine)

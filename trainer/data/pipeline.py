@@ -47,7 +47,7 @@ def _batches_class():
         take more than CACHE_LIMIT_BYTES of RAM."""
 
         def __init__(self, paths, labels=None, size=224, batch_size=32, shuffle=False, seed=0,
-                     method=RESIZE_METHOD, cache=False, num_classes=None, drop_remainder=False,
+                     *, method=RESIZE_METHOD, cache=False, num_classes=None, drop_remainder=False,
                      shard=(0, 1), workers=None, pad_multiple=1, spill_dir=None):
             workers = workers or loader_workers()
             super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=2 * workers)
@@ -129,7 +129,7 @@ def _image_cache(shape: tuple, spill_dir=None) -> np.ndarray:
 
 
 def image_dataset(paths, labels=None, size: int = 224, batch_size: int = 32, shuffle: bool = False,
-                  seed: int = 0, method: str = RESIZE_METHOD, cache: bool | None = None,
+                  seed: int = 0, method: str = RESIZE_METHOD, *, cache: bool | None = None,
                   num_classes: int | None = None, drop_remainder: bool = False, shard=(0, 1), workers=None,
                   pad_multiple: int = 1, spill_dir=None):
     """Batches for `model.fit` / `model.predict`. ``cache=None``: keep decoded images, in memory
@@ -137,8 +137,9 @@ def image_dataset(paths, labels=None, size: int = 224, batch_size: int = 32, shu
     over the limit, nothing is kept)."""
     if cache is None:
         cache = spill_dir is not None or len(paths) * size * size * 3 <= CACHE_LIMIT_BYTES
-    return _batches_class()(paths, labels, size, batch_size, shuffle, seed, method, cache, num_classes,
-                            drop_remainder, shard, workers, pad_multiple, spill_dir)
+    return _batches_class()(paths, labels, size, batch_size, shuffle, seed, method=method, cache=cache,
+                            num_classes=num_classes, drop_remainder=drop_remainder, shard=shard, workers=workers,
+                            pad_multiple=pad_multiple, spill_dir=spill_dir)
 
 
 def predict_images(model, paths, size: int, batch_size: int = 32, method: str = RESIZE_METHOD,

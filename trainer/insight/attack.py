@@ -37,7 +37,7 @@ def parse_eps(text: str | float) -> float:
 
 
 def pgd(subject: Subject, images: np.ndarray, labels: np.ndarray, targeted: bool, eps: float, steps: int = 20,
-        batch_size: int = 16, progress=None) -> np.ndarray:
+        batch_size: int = 16, *, progress=None) -> np.ndarray:
     """Adversarial uint8 images within ``eps`` (fraction of 255) of ``images``. ``labels``: the
     target classes (targeted) or the classes to move away from (untargeted)."""
     keras, tf = keras_tf()
@@ -144,7 +144,7 @@ def _judge(subject: Subject, original: np.ndarray, adv: np.ndarray, target: int 
 
 
 def attack(subject: Subject, image, target: str | int | None = None, eps: float | str = 8 / 255,
-           steps: int = 20, jpeg: int | None = None, devices: bool = True, progress=None) -> AttackResult:
+           steps: int = 20, jpeg: int | None = None, devices: bool = True, *, progress=None) -> AttackResult:
     """Attack one photo; judge the float model and (``devices``) every artifact in RUN/deploy on
     the lossless result, and after a JPEG re-encode at quality ``jpeg`` when given."""
     eps = parse_eps(eps) if isinstance(eps, str) else float(eps)

@@ -35,7 +35,7 @@ class DreamResult:
 
 
 def dream(subject: Subject, class_name: str | int, steps: int = 200, tv_weight: float = 6.0, seed: int = 0,
-          jitter: int = 4, lr: float = 3.0, until: float = 1.0, progress=None) -> DreamResult:
+          jitter: int = 4, lr: float = 3.0, *, until: float = 1.0, progress=None) -> DreamResult:
     """The image ``subject`` scores highest for the class, reached by at most ``steps`` ascent
     steps; stops once the class probability of the rounded image reaches ``until`` (1 = never)."""
     if steps < 1:

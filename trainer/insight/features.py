@@ -85,7 +85,7 @@ def pre_activation(subject: Subject, name: str) -> str:
 
 
 def filter_patterns(subject: Subject, layer: str | None = None, n: int = 16, steps: int = 60, seed: int = 0,
-                    tv_weight: float = 0.1, jitter: int = 2, progress=None) -> tuple[str, list[int], np.ndarray]:
+                    tv_weight: float = 0.1, jitter: int = 2, *, progress=None) -> tuple[str, list[int], np.ndarray]:
     """For ``n`` filters of ``layer`` (default: the middle stage's output), the input image that
     maximises each filter's mean response, found by gradient ascent from seeded noise, all
     filters at once. An activation layer is read before its activation (see `pre_activation`).

@@ -32,7 +32,7 @@ def start_noise(rng: np.random.Generator, n: int, size: int, sigma: float = 8.0)
 
 
 def ascend(subject: Subject, layers: tuple[str, ...], objective: Callable, x0: np.ndarray, steps: int,
-           rng: np.random.Generator, lr: float = 2.0, tv_weight: float = 0.0, jitter: int = 0,
+           rng: np.random.Generator, lr: float = 2.0, *, tv_weight: float = 0.0, jitter: int = 0,
            done: Callable[[np.ndarray], np.ndarray] | None = None,
            progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, int]:
     """Maximise ``objective(maps, logits) -> [N]`` (a TensorFlow expression over the probe's
