@@ -29,13 +29,12 @@ from trainer import rundir as R
 from trainer.export import export_saved_model
 from trainer.metrics import class_averaged_accuracy
 
-from .deploy_folder import PRECISION_FILES, deploy_target
+from .config import DEFAULT_PRECISIONS, ConvertConfig
+from .deploy_folder import deploy_target
 from .gate import SMALL_SPLIT, judge
 from .gate import summary as gate_summary
-
-PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-IO_TYPES = ("uint8", "int8", "float")
-MIN_CALIBRATION = 10   # photos; int8 ranges from fewer are guesses
+from .precision import FILES as PRECISION_FILES
+from .precision import IO_TYPES, PRECISIONS, REGISTRY  # noqa: F401 - IO_TYPES: part of this module's API
 
 
 def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None:
@@ -43,16 +42,9 @@ def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None
     model called int8 because calibration saw no data), before it is recorded."""
     kinds = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     i = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
-    want = {
-        "fp32": (not kinds & {"int8", "float16"} and i == "float32"),
-        "fp16": ("float16" in kinds and i == "float32"),
-        "dynamic": ("int8" in kinds and i == "float32"),
-        "int8": ("int8" in kinds and i == ("float32" if io == "float" else io) and "float16" not in kinds),
-    }[precision]
-    if not want:
+    if not REGISTRY[precision].valid(kinds, i, io):
         raise UserError(f"{path}: the converter produced {i} input and tensors of {sorted(kinds)}, which is not a "
                         f"valid {precision} artifact; not recorded (check --calibration-samples and the run)")
-
 
 
 def _converter(saved_model: Path, precision: str, io: str, calib):
@@ -60,17 +52,7 @@ def _converter(saved_model: Path, precision: str, io: str, calib):
 
     c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops: devices cannot run them
-    if precision == "fp16":
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.target_spec.supported_types = [tf.float16]
-    elif precision == "dynamic":
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif precision == "int8":
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = calib
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if io != "float":
-            c.inference_input_type = c.inference_output_type = {"uint8": tf.uint8, "int8": tf.int8}[io]
+    REGISTRY[precision].setup(c, io, calib)
     return c
 
 
@@ -371,104 +353,133 @@ def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
     return failed
 
 
-def convert(run: Path, precisions=("fp32", "int8"), out: Path | None = None, io: str = "uint8",
-            calibration_samples: int = 300, max_drop: float = 1.0, force: bool = False,
-            *, threads: int | None = None, verbose: bool = False, int8_recovery: bool = True,
-            track: str | None = None, data_root: str | None = None) -> dict:
-    """Returns the manifest dict; raises UserError when int8 loses more than ``max_drop`` points.
-    ``track``: MLflow URI (default $MLFLOW_TRACKING_URI) for a run nested under the training's.
-    ``data_root``: where the run's data folder lives now, if it moved after training."""
+@dataclass
+class _Job:
+    """One conversion's inputs, read and checked before anything is written."""
+    run: Path
+    out: Path
+    target: object           # deploy_folder.DeployTarget
+    config: object           # trainer.run.RunConfig
+    labels: list[str]
+    model: object
+    size: int
+    method: str
+    fingerprint: str
+    calib_paths: list[str]
+    per_class: dict
+    heldout: tuple | None
+    x_calib: np.ndarray | None
+    ref: Reference
+
+
+def convert(run: Path, precisions=DEFAULT_PRECISIONS, **settings) -> dict:
+    """Returns the manifest dict; raises UserError when an artifact fails its verification gate.
+    ``settings``: the fields of ConvertConfig (its defaults are the CLI's). ``track``: MLflow URI
+    (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
+    from trainer.tracking import Tracker
+
+    cfg = ConvertConfig(precisions=tuple(precisions), **settings)
+    tracker = Tracker(cfg.track, explicit=cfg.track is not None)
+    job = _prepare(Path(run), cfg)
+    # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
+    # sees the old deploy folder or the new one, never a mix of two conversions
+    with replacing_dir(job.out) as stage, _interrupts() as interrupted:
+        artifacts = _artifacts(job, cfg, stage, interrupted)
+        manifest, failed = _manifest(job, cfg, stage, artifacts)
+        interrupted.check()
+    _track(tracker, job.run, job.out, manifest, artifacts, ok=not failed, settings={
+        "precisions": ",".join(cfg.precisions), "io": cfg.io, "calibration_samples": cfg.calibration_samples,
+        "max_drop": cfg.max_drop, "int8_recovery": cfg.int8_recovery, "out": str(job.out)})
+    for a in failed:
+        raise _gate_failure(job.out, a, manifest, failed, cfg.max_drop)
+    return manifest
+
+
+def _prepare(run: Path, cfg: ConvertConfig) -> _Job:
     from trainer.data.pipeline import load_arrays
     from trainer.data.sampling import stratified_sample
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
     from trainer.model import weights_fingerprint
     from trainer.run import read_config
-    from trainer.tracking import Tracker
 
-    from .calibration import representative_dataset
-    from .metadata import populate
-
-    tracker = Tracker(track, explicit=track is not None)
-    run = Path(run)
-    precisions = [p for p in PRECISIONS if p in precisions]
-    if io not in IO_TYPES:
-        raise UserError(f"--io must be one of {IO_TYPES}")
-    if "int8" in precisions and calibration_samples < MIN_CALIBRATION:
-        raise UserError(f"--calibration-samples {calibration_samples}: int8 sets its ranges from calibration "
-                        f"photos; give {MIN_CALIBRATION} or more (default 300)")
-    out = Path(out) if out else run / R.DEPLOY
+    out = Path(cfg.out) if cfg.out else run / R.DEPLOY
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
-    target = deploy_target(out, run, R.DEPLOY, force)   # before any work: what may be replaced
+    target = deploy_target(out, run, R.DEPLOY, cfg.force)   # before any work: what may be replaced
     _check_writable(out)
-    cfg = read_config(run)
-    labels = R.read_labels(run)
+    config, labels = read_config(run), R.read_labels(run)
     model = load_run_model(run)
-    size = int(model.inputs[0].shape[1])
-    n_out = int(model.outputs[0].shape[-1])
+    size, n_out = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])
     if len(labels) != n_out:
         raise UserError(f"{run / R.LABELS}: {len(labels)} class name(s) for a model with {n_out} outputs; "
                         "restore labels.txt from the training run (one class per line, in output order)")
     method = R.read_resize(run)
-    names = {p: f"model_{p}.tflite" for p in precisions}
-    fingerprint = weights_fingerprint(model)
+    split = Split.of_run(run, cfg.data_root)
+    calib_paths, per_class = stratified_sample(*split.paths_labels("train"), cfg.calibration_samples)
+    int8 = "int8" in cfg.precisions
+    heldout = heldout_head(run, model) if int8 else None
+    return _Job(run=run, out=out, target=target, config=config, labels=labels, model=model, size=size,
+                method=method, fingerprint=weights_fingerprint(model), calib_paths=calib_paths,
+                per_class=per_class, heldout=heldout,
+                x_calib=load_arrays(calib_paths, size, method) if int8 else None,
+                ref=reference(model, split, size, method, need_val=int8, heldout=heldout))
 
-    split = Split.of_run(run, data_root)
-    tpaths, ty = split.paths_labels("train")
-    calib_paths, per_class = stratified_sample(tpaths, ty, calibration_samples)
-    heldout = heldout_head(run, model) if "int8" in precisions else None
-    x_calib = load_arrays(calib_paths, size, method) if "int8" in precisions else None
-    ref = reference(model, split, size, method, need_val="int8" in precisions, heldout=heldout)
 
-    # the whole folder is built beside `out` and switched in as a unit: a reader (or a killed run)
-    # sees the old deploy folder or the new one, never a mix of two conversions
-    with replacing_dir(out) as stage, _interrupts() as interrupted:
-        artifacts = []
-        with tempfile.TemporaryDirectory() as tmp:
-            # every artifact ends in probabilities: int8 keeps its SOFTMAX in float (see converter.int8)
-            src = Path(tmp) / "saved_model"
-            export_saved_model(model, src)
-            twin = None
-            if heldout is not None:   # int8 recovery measures on it (see converter.int8)
-                twin = Path(tmp) / "saved_model_heldout"
-                with head_weights(model, heldout):
-                    export_saved_model(model, twin)
-            for prec in precisions:
-                interrupted.check()
-                t0 = time.time()
-                calib = representative_dataset(x_calib) if prec == "int8" else None
-                blob, choice = _artifact_bytes(src, prec, io, calib, ref, labels, threads, int8_recovery=int8_recovery,
-                                               verbose=verbose, run=run, twin=twin, x_calib=x_calib)
-                blob = populate(blob, labels, size, io if prec == "int8" and io != "float" else "float32",
-                                probabilities=True, resize=method,
-                                name=f"edgetl {cfg.backbone_name} {prec}",
-                                description=f"image classifier over {len(labels)} classes, trained by edgetl")
-                path = stage / names[prec]
-                _atomic_write(path, blob)
-                artifacts.append(verify(path, prec, io, ref, labels, method, threads, secs=time.time() - t0,
-                                        choice=choice, max_drop=max_drop))
-        R.write_text(stage / "labels.txt", "\n".join(labels) + "\n")
-        calibration = {"source": "train split", "samples": len(calib_paths), "requested": calibration_samples,
-                       "per_class": {labels[c]: n for c, n in per_class.items()}, "random_noise": False}
-        manifest = build_manifest(run, cfg, labels, size, method, io, max_drop, calibration=calibration, artifacts=artifacts)
-        for a in artifacts:
-            a["model_fingerprint"] = fingerprint
-        manifest["model_fingerprint"] = fingerprint
-        kept = carry_over(out, stage, target.previous, target.same_run, fingerprint, {a["precision"] for a in artifacts})
-        manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
-        failed = mark_failures(artifacts, max_drop)
-        manifest["default"] = default_precision(manifest["artifacts"])
-        R.write_json(stage / NAME, manifest)
-        interrupted.check()
-    _track(tracker, run, out, manifest, artifacts, ok=not failed, settings={
-        "precisions": ",".join(precisions), "io": io, "calibration_samples": calibration_samples,
-        "max_drop": max_drop, "int8_recovery": int8_recovery, "out": str(out)})
-    for a in failed:
-        g = a["verification"]["gate"]
-        others = [x["precision"] for x in manifest["artifacts"] if x not in failed]
-        raise UserError(f"{out / a['file']}: {a['precision']} loses to float: {gate_summary(g)}; it is kept but "
-                        f"not the default. Ways on: a larger budget (--max-drop {max(max_drop * 2, g['drop_points']):.1f}), "
-                        f"int8 recovery if it was off (drop --no-int8-recovery), more calibration photos "
-                        f"(--calibration-samples), or ship {others[0] if others else 'the fp32 artifact (--fp32)'}")
-    return manifest
+def _artifacts(job: _Job, cfg: ConvertConfig, stage: Path, interrupted) -> list[dict]:
+    """Each precision's artifact, written into ``stage`` and verified there."""
+    from .calibration import representative_dataset
+    from .metadata import populate
+
+    artifacts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # every artifact ends in probabilities: int8 keeps its SOFTMAX in float (see converter.int8)
+        src = Path(tmp) / "saved_model"
+        export_saved_model(job.model, src)
+        twin = None
+        if job.heldout is not None:   # int8 recovery measures on it (see converter.int8)
+            twin = Path(tmp) / "saved_model_heldout"
+            with head_weights(job.model, job.heldout):
+                export_saved_model(job.model, twin)
+        for prec in cfg.precisions:
+            interrupted.check()
+            t0 = time.time()
+            calib = representative_dataset(job.x_calib) if prec == "int8" else None
+            blob, choice = _artifact_bytes(src, prec, cfg.io, calib, job.ref, job.labels, cfg.threads,
+                                           int8_recovery=cfg.int8_recovery, verbose=cfg.verbose, run=job.run,
+                                           twin=twin, x_calib=job.x_calib)
+            blob = populate(blob, job.labels, job.size, cfg.io if prec == "int8" and cfg.io != "float" else "float32",
+                            probabilities=True, resize=job.method, name=f"edgetl {job.config.backbone_name} {prec}",
+                            description=f"image classifier over {len(job.labels)} classes, trained by edgetl")
+            path = stage / REGISTRY[prec].file
+            _atomic_write(path, blob)
+            a = verify(path, prec, cfg.io, job.ref, job.labels, job.method, cfg.threads, secs=time.time() - t0,
+                       choice=choice, max_drop=cfg.max_drop)
+            artifacts.append({**a, "model_fingerprint": job.fingerprint})
+    return artifacts
+
+
+def _manifest(job: _Job, cfg: ConvertConfig, stage: Path, artifacts: list[dict]) -> tuple[dict, list[dict]]:
+    """labels.txt and manifest.json in ``stage``, with the artifacts kept from the folder replaced."""
+    R.write_text(stage / "labels.txt", "\n".join(job.labels) + "\n")
+    calibration = {"source": "train split", "samples": len(job.calib_paths), "requested": cfg.calibration_samples,
+                   "per_class": {job.labels[c]: n for c, n in job.per_class.items()}, "random_noise": False}
+    manifest = build_manifest(job.run, job.config, job.labels, job.size, job.method, cfg.io, cfg.max_drop,
+                              calibration=calibration, artifacts=artifacts)
+    manifest["model_fingerprint"] = job.fingerprint
+    kept = carry_over(job.out, stage, job.target.previous, job.target.same_run, job.fingerprint,
+                      {a["precision"] for a in artifacts})
+    manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
+    failed = mark_failures(artifacts, cfg.max_drop)
+    manifest["default"] = default_precision(manifest["artifacts"])
+    R.write_json(stage / NAME, manifest)
+    return manifest, failed
+
+
+def _gate_failure(out: Path, a: dict, manifest: dict, failed: list[dict], max_drop: float) -> UserError:
+    g = a["verification"]["gate"]
+    others = [x["precision"] for x in manifest["artifacts"] if x not in failed]
+    return UserError(f"{out / a['file']}: {a['precision']} loses to float: {gate_summary(g)}; it is kept but "
+                     f"not the default. Ways on: a larger budget (--max-drop {max(max_drop * 2, g['drop_points']):.1f}), "
+                     f"int8 recovery if it was off (drop --no-int8-recovery), more calibration photos "
+                     f"(--calibration-samples), or ship {others[0] if others else 'the fp32 artifact (--fp32)'}")

@@ -15,7 +15,8 @@ from pathlib import Path
 from edge_runtime.errors import UserError
 from edge_runtime.manifest import FORMAT, NAME
 
-PRECISION_FILES = tuple(f"model_{p}.tflite" for p in ("fp32", "fp16", "dynamic", "int8"))
+from .precision import FILES as PRECISION_FILES
+
 OURS = {NAME, "labels.txt", "benchmark.json", "deploy.log", *PRECISION_FILES}
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import click
 
+from converter.config import ConvertConfig
 from edge_runtime.errors import UserError
+from edge_runtime.settings import comma_floats, options_from
 from trainer.config import TrainConfig
 
 from . import insight_cli
-from .clikit import comma_floats, friendly, options_from, progress_counter, require_modules
+from .clikit import friendly, progress_counter, require_modules
 
 
 def _track_option(fn):
@@ -96,9 +98,9 @@ def data_synth(out, per_class, size, seed, force):
 @data.command("split")
 @click.argument("source")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the file lists.")
-@click.option("--fractions", default="0.8,0.1,0.1", show_default=True, callback=comma_floats(3),
-              help="train,val,test fractions.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--fractions", default=",".join(f"{v:g}" for v in TrainConfig.fractions), show_default=True,
+              callback=comma_floats(3), help="train,val,test fractions (as `edgetl train --fractions`).")
+@click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option("--force", is_flag=True, help="Replace file lists already in OUT.")
 @friendly
 def data_split(source, out, fractions, seed, force):
@@ -193,43 +195,35 @@ def demo(out, per_class, backbone, alpha, size, weights, fine_tune):
              fine_tune=fine_tune)
 
 
+def _precision_flags(fn):
+    """One switch per registered precision (converter.precision): --fp32, --fp16, ..."""
+    from converter.precision import REGISTRY
+
+    for p in reversed(REGISTRY.values()):
+        fn = click.option(p.flag, f"precision_{p.name}", is_flag=True, help=p.help)(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("run", type=click.Path())
-@click.option("--int8", is_flag=True, help="Full-integer int8 (calibrated on training images).")
-@click.option("--fp16", is_flag=True, help="float16 weights.")
-@click.option("--dynamic", is_flag=True, help="Dynamic range (int8 weights, float activations).")
-@click.option("--fp32", is_flag=True, help="Plain float32.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder (default RUN/deploy).")
-@click.option("--io", type=click.Choice(["uint8", "int8", "float"]), default="uint8", show_default=True,
-              help="int8 model input/output type (uint8 suits camera pixels).")
-@click.option("--calibration-samples", default=300, show_default=True)
-@click.option("--max-drop", default=1.0, show_default=True,
-              help="Accuracy budget in points: an artifact fails verification when it loses more than this "
-                   "against float AND an exact McNemar test on the photos where they disagree says the loss is "
-                   "not chance (p < 0.05). Validation photos join a test split under 200.")
-@click.option("--force", is_flag=True, help="Replace another run's edgetl deploy folder. A re-run replaces this "
-              "run's own artifacts without it; a folder holding files edgetl did not write is always refused.")
-@click.option("--verbose", is_flag=True, help="Also print int8's per-layer quantization error (worst layers).")
-@click.option("--no-int8-recovery", is_flag=True,
-              help="Plain full-int8: do not keep the most sensitive layers in float even when int8 "
-                   "disagrees with float on more than 1 %% of validation images.")
-@click.option("--data-root", type=click.Path(file_okay=False),
-              help="Where the run's data folder lives now, if it moved after training.")
+@_precision_flags
+@options_from(ConvertConfig)
 @_track_option
 @friendly
-def convert(run, int8, fp16, dynamic, fp32, out, io, calibration_samples, max_drop, force, verbose,
-            no_int8_recovery, data_root, track):
+def convert(run, track, **options):
     """Turn a trained RUN into verified .tflite artifacts + labels.txt + manifest.json (default: fp32 + int8)."""
-    if verbose:
+    from converter.config import DEFAULT_PRECISIONS
+    from converter.precision import PRECISIONS
+
+    chosen = [p for p in PRECISIONS if options.pop(f"precision_{p}")]
+    if options["verbose"]:
         from edge_runtime.quiet import show_all
         show_all()
     from converter.convert import convert as run_convert
 
-    chosen = [p for p, on in (("fp32", fp32), ("fp16", fp16), ("dynamic", dynamic), ("int8", int8)) if on]
-    m = run_convert(run, chosen or ["fp32", "int8"], out=out, io=io, calibration_samples=calibration_samples,
-                    max_drop=max_drop, force=force, verbose=verbose, int8_recovery=not no_int8_recovery,
-                    track=track, data_root=data_root)
-    click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to {out or run + '/deploy'}")
+    m = run_convert(run, chosen or DEFAULT_PRECISIONS, track=track, **options)
+    click.echo(f"wrote {len(m['artifacts'])} artifact(s), labels.txt and manifest.json to "
+               f"{options['out'] or run + '/deploy'}")
 
 
 @cli.command()

@@ -1,7 +1,6 @@
 """What every edgetl command shares: one-line errors and a progress counter."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 
@@ -80,46 +79,3 @@ def progress_counter(label):
     def cb(done, total):
         click.echo(f"\r{label}: {done}/{total}", nl=done == total, err=True)
     return cb
-
-
-def comma_floats(n: int):
-    """A click callback: ``a,b,c`` -> a tuple of ``n`` floats, or a usage error."""
-    def parse(ctx, param, value):
-        if isinstance(value, tuple):
-            return value
-        try:
-            parts = tuple(float(x) for x in str(value).split(","))
-        except ValueError:
-            parts = ()
-        if len(parts) != n:
-            raise click.BadParameter(f"expected {n} comma-separated numbers like 0.8,0.1,0.1, got {value!r}")
-        return parts
-    return parse
-
-
-def options_from(cls):
-    """Click options for every field of the dataclass ``cls`` (except those marked ``cli: False``):
-    name, default, type, choices and help come from the field, so they cannot drift from the
-    Python API. Booleans become their ``flag`` switch; tuples of floats take ``a,b,c``."""
-    def decorate(fn):
-        for f in reversed(dataclasses.fields(cls)):
-            meta = f.metadata
-            if meta.get("cli", True) is False:
-                continue
-            name = "--" + f.name.replace("_", "-")
-            kw = {"help": meta.get("help", ""), "show_default": f.default is not None}
-            if isinstance(f.default, bool):
-                flag = meta.get("flag", name)
-                fn = click.option(flag, f.name, flag_value=not f.default, default=f.default, help=kw["help"])(fn)
-                continue
-            if isinstance(f.default, tuple):
-                kw.update(default=",".join(f"{v:g}" for v in f.default), callback=comma_floats(len(f.default)))
-            elif "choices" in meta:
-                kw.update(type=click.Choice(list(meta["choices"])), default=f.default)
-            elif f.default is None:
-                kw.update(type={"int | None": int, "float | None": float}.get(str(f.type), str), default=None)
-            else:
-                kw.update(type=type(f.default), default=f.default)
-            fn = click.option(name, f.name, **kw)(fn)
-        return fn
-    return decorate

@@ -7,6 +7,7 @@ import ast
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 from tests.conftest import ROOT
@@ -79,3 +80,38 @@ def test_no_function_takes_more_than_seven_positional_parameters():
                 if len(node.args.posonlyargs) + len(node.args.args) > 7:
                     bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}")
     assert not bad, "\n".join(bad)
+
+
+def _commands():
+    from converter.config import ConvertConfig
+    from edge_runtime.serve.cli import main as serve
+    from edge_runtime.serve.config import ServeConfig
+    from edgetl.cli import cli
+    from trainer.config import TrainConfig
+
+    return [(cli.commands["train"], TrainConfig), (cli.commands["convert"], ConvertConfig), (serve, ServeConfig)]
+
+
+@pytest.mark.parametrize("index", range(3), ids=["train", "convert", "edge-serve"])
+def test_every_option_default_comes_from_its_config(index):
+    """Each option named like a config field shows that field's default in --help, and every
+    field meant for the command line has its option: a default lives in one place only."""
+    import dataclasses
+
+    command, config = _commands()[index]
+    options = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    for f in dataclasses.fields(config):
+        if f.metadata.get("cli", True) is False:   # arguments, or options shared by several commands
+            continue
+        assert f.name in options, f"{command.name}: no option for {config.__name__}.{f.name}"
+        shown = options[f.name].default
+        want = ",".join(f"{v:g}" for v in f.default) if isinstance(f.default, tuple) else f.default
+        assert shown == want, f"--{f.name}: option default {shown!r}, {config.__name__} default {want!r}"
+
+
+def test_data_split_shares_the_training_split_defaults():
+    from edgetl.cli import cli
+    from trainer.config import TrainConfig
+
+    split = {p.name: p.default for p in cli.commands["data"].commands["split"].params}
+    assert split["fractions"] == ",".join(f"{v:g}" for v in TrainConfig.fractions) and split["seed"] == TrainConfig.seed

@@ -5,72 +5,10 @@ are generated from these fields, so a default or a description lives in one plac
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 
 from edge_runtime.image import RESIZE_METHOD, RESIZE_METHODS
-
-
-def opt(default, help: str, choices: tuple | None = None, flag: str | None = None, range: Range | None = None):
-    """A config field with its CLI help; ``flag`` names the switch of a boolean (e.g. --no-refit);
-    ``range``: the values that make sense (checked when the config is made, shown in --help)."""
-    meta = {"help": help + (f" [{range.text()}]" if range else "")}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    if flag is not None:
-        meta["flag"] = flag
-    if range is not None:
-        meta["range"] = range
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed values of a number: ``low``/``high`` bounds, open (excluded) or closed. NaN and
-    infinities are never allowed: they train nothing and write NaN into every result."""
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def text(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        lo = "" if self.low is None else f"{self.low:g} {'<' if self.low_open else '<='} "
-        return f"{lo}x {'<' if self.high_open else '<='} {self.high:g}"
-
-    def holds(self, x: float) -> bool:
-        if not math.isfinite(x):
-            return False
-        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
-            return False
-        return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
-
-
-def check_ranges(config) -> None:
-    """One UserError naming the first option of ``config`` outside its range (fields with a
-    ``range`` in their metadata; a tuple is checked element by element)."""
-    from edge_runtime.errors import UserError
-
-    for f in fields(config):
-        rng = f.metadata.get("range")
-        value = getattr(config, f.name)
-        if rng is None or value is None:
-            continue
-        for x in (value if isinstance(value, (tuple, list)) else (value,)):
-            if not isinstance(x, (int, float)) or isinstance(x, bool) or not rng.holds(float(x)):
-                shown = ",".join(map(_shown, value)) if isinstance(value, (tuple, list)) else _shown(value)
-                raise UserError(f"--{f.name.replace('_', '-')} {shown}: must be {rng.text()}")
-
-
-def _shown(v) -> str:
-    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else repr(v)
-
-
-POSITIVE = Range(0, None, low_open=True)
-NON_NEGATIVE = Range(0)
-AT_LEAST_ONE = Range(1)
-FRACTION = Range(0, 1, high_open=True)
+from edge_runtime.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE, Range, check_ranges, opt
 
 
 @dataclass

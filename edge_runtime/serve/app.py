@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -34,29 +33,10 @@ from .. import edgetl_version
 from ..classifier import Classifier
 from ..errors import UserError
 from ..image import ImageError, open_image
+from .config import ServeConfig
 from .pool import Generation, InferencePool, Overloaded
 
 API_VERSION = "2"
-
-
-@dataclass
-class ServeConfig:
-    deploy: str
-    name: str | None = None          # model name in the v2 API; default: the run's folder name
-    threads: int = 1                 # worker threads per process, one interpreter each
-    queue: int = 8                   # requests that may wait beyond the ones running
-    max_body: int = 10 * 1024 * 1024
-    timeout: float = 10.0            # seconds from admission to answer
-    api_key: str | None = None
-    precision: str | None = None
-    sync_dir: str | None = None      # several processes: where a swap is announced to the others
-    pin: bool = True                 # one inference thread per core when the threads fill the cores
-
-    def model_name(self) -> str:
-        if self.name:
-            return self.name
-        p = Path(self.deploy).resolve()
-        return p.parent.name if p.name == "deploy" else p.name
 
 
 class HTTPError(Exception):
