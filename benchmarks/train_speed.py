@@ -56,7 +56,7 @@ def tutorial_recipe(split, backbone: str, size: int, alpha, weights: str, epochs
     x = keras.layers.Dropout(0.2)(x)
     out = keras.layers.Dense(n, activation="softmax")(x)
     model = keras.Model(inp, out)
-    # XLA off, as in edgetl's trainer: it is 5-11x slower on this CPU (STACK.md), and the ratio
+    # XLA off, as in edgetl's trainer: it is 5-11x slower on this CPU (measured), and the ratio
     # must measure the recipe, not a trap.
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False)

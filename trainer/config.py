@@ -67,7 +67,6 @@ class TrainConfig:
                         choices=("auto", "default", "mirrored", "multiworker"))
     mixed_precision: str = opt("auto", "auto: bfloat16 on GPUs that have it (float16 on older ones), off on CPU.",
                                choices=("auto", "on", "off"))
-    extra: dict = field(default_factory=dict, metadata={"cli": False})
 
     def __post_init__(self):
         check_ranges(self)

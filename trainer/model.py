@@ -35,7 +35,7 @@ def build(spec: Backbone, size: int, alpha: float, weights: str, num_classes: in
     pretrained = weights != "none"
     if not pretrained:
         # Keras' default BatchNorm momentum (0.99-0.999) leaves inference at chance after a
-        # short run from random init (STACK.md); 0.9 lets the statistics catch up.
+        # short run from random init (measured: 21 %, i.e. chance, on 5 classes); 0.9 lets the statistics catch up.
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9

@@ -519,8 +519,9 @@ def _refuse_tensorflow_only(cfg: TrainConfig, spec) -> None:
     if spec.family == "hub":
         raise UserError(f"{spec.name}: TF Hub backbones run on TensorFlow only; use --backend tensorflow")
     if str(cfg.data).startswith("tfds:"):
-        raise UserError(f"{cfg.data}: tensorflow-datasets needs TensorFlow; materialise it once with "
-                        f"`edgetl data tfds` (or train with --backend tensorflow)")
+        raise UserError(f"{cfg.data}: tensorflow-datasets needs TensorFlow; train with --backend tensorflow, "
+                        "or once on TensorFlow `edgetl data inspect tfds:NAME` (it materialises the data set as "
+                        "folders) and then train on those folders")
 
 
 def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:

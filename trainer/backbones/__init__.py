@@ -43,7 +43,6 @@ class Backbone:
     alphas: tuple[float, ...] = (1.0,)
     default_alpha: float = 1.0
     notes: str = ""
-    extra: dict = field(default_factory=dict)
     # Inner layers whose globally averaged outputs join the final pooled features (a multi-scale
     # linear probe): the head also sees mid-level texture and shape, which the last layer, tuned
     # to ImageNet's classes, partly discards. Chosen per backbone by nested cross-validation on

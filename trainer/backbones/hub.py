@@ -10,7 +10,7 @@ def hub_backbone(handle: str) -> Backbone:
     """A TF Hub image feature vector (handle or local SavedModel dir), used frozen.
 
     hub.KerasLayer needs tf_keras and cannot sit in a Keras 3 model; Keras 3's TFSMLayer loads
-    the SavedModel instead (frozen use only, see STACK.md). Hub image models take [0, 1] input.
+    the SavedModel instead (frozen use only: fine-tuning through it fails with Adam). Hub image models take [0, 1] input.
     """
     def build(size: int, alpha: float, weights: str):
         import keras

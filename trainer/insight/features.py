@@ -12,8 +12,6 @@ from edge_runtime.errors import UserError
 from .optimize import ascend, start_noise
 from .subject import Subject, as_list, keras_tf
 
-STAGE_WORDS = ("early", "middle", "late")
-
 
 def pick_layers(subject: Subject, spec: str = "early,middle,late") -> list[str]:
     """``early,middle,late`` (stage outputs at the start, middle and end of the backbone) and/or
