@@ -14,6 +14,7 @@ import click
 
 from converter.config import ConvertConfig
 from edge_runtime.errors import UserError
+from edge_runtime.outdir import claim
 from edge_runtime.settings import comma_floats, options_from
 from trainer.config import TrainConfig
 
@@ -101,13 +102,12 @@ def data_synth(out, per_class, size, seed, force):
 @click.option("--fractions", default=",".join(f"{v:g}" for v in TrainConfig.fractions), show_default=True,
               callback=comma_floats(3), help="train,val,test fractions (as `edgetl train --fractions`).")
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
-@click.option("--force", is_flag=True, help="Replace file lists already in OUT.")
 @friendly
-def data_split(source, out, fractions, seed, force):
+def data_split(source, out, fractions, seed):
     """Stratified, duplicate-aware train/val/test split of SOURCE, saved as file lists in OUT."""
     from trainer.data import load_dataset, make_split
 
-    _refuse_overwrite(out, force, "file lists")
+    claim(out, "data split")
 
     ds = load_dataset(source, progress=progress_counter("checking images"))
     sp = make_split(ds, fractions=fractions, seed=seed)
@@ -295,7 +295,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
         if unknown or not cfg.precisions:
             raise UserError(f"--precisions {precisions!r}: {', '.join(unknown) or 'none given'}; "
                             f"choose from {','.join(PRECISIONS)}")
-    out = out or f"bench-{cfg.name}"
+    out = claim(out or f"bench-{cfg.name}", "bench")
     rep = run_bench(cfg, out, reuse=list(reuse), command=shlex.join(["edgetl", *sys.argv[1:]]), track=track)
     write_report(rep, out, budget_ms)
     click.echo(markdown(rep, budget_ms))
@@ -335,6 +335,7 @@ def bench_merge(accuracy, devices, out, budget_ms):
         raise UserError(f"two device files are named {twice[0]!r} and would write one folder "
                         f"({Path(out) / twice[0]}); rename one, e.g. pi5-a.json and pi5-b.json")
     acc = _read_json(accuracy, "edgetl-bench/1", ("rows",))
+    claim(out, "bench merge")
     for d in devices:
         dev = _read_json(d, "edgetl-device-benchmark/1", ("rows", "machine", "date", "method"))
         for k, row in enumerate(dev["rows"]):
@@ -423,7 +424,7 @@ def runs_compare(runs_, out, max_images):
 
     if max_images < 0:
         raise UserError(f"--max-images {max_images}: give 0 or more photos per side")
-    cmp = compare_runs(list(runs_), out=out, max_images=max_images)
+    cmp = compare_runs(list(runs_), out=claim(out, "runs compare") if out else None, max_images=max_images)
     click.echo(format_markdown(cmp).rstrip("\n"))
     if out:
         click.echo(f"wrote {out}/compare.md, compare.json" + (f" and {len(cmp.figures)} figure(s)" if cmp.figures else ""),

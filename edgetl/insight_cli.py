@@ -46,9 +46,17 @@ def open_subject(args: tuple[str, ...], backbone, weights, alpha, size, labels, 
 
 
 def _out(out, default: Path) -> Path:
-    p = Path(out) if out else default
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    """The default (inside the run: edgetl's own) or an --out folder claimed under the output policy."""
+    from edge_runtime.atomic import not_written
+    from edge_runtime.outdir import claim
+
+    if out:
+        return claim(out, "insight")
+    try:
+        default.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise not_written(default, e) from None
+    return default
 
 
 def _save_png(path: Path, image) -> None:
@@ -92,7 +100,7 @@ def explain(args, layer, class_name, misclassified, max_images, backbone, weight
         if not items:
             click.echo(f"{subject.name}: no wrong test predictions to explain")
             return
-        path = Path(out) / "misclassified_cam.png" if out else subject.run / "plots" / "misclassified_cam.png"
+        path = _out(out, subject.run / "plots") / "misclassified_cam.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         misclassified_figure(items, subject.classes, path)
         for exp, true in items:

@@ -191,18 +191,32 @@ def test_names_with_a_tab_or_line_break_are_refused_before_anything_is_written(t
     assert not (tmp_path / "split").exists()
 
 
-@pytest.mark.parametrize("command", ["split", "synth"])
-def test_data_commands_do_not_overwrite_a_folder_without_force(synth_data, tmp_path, command):
+def test_data_synth_writes_into_a_folder_of_other_files_only_with_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    args = ["split", synth_data, "--out", out] if command == "split" else ["synth", out, "--per-class", "2", "--size", "32"]
+    args = ["synth", out, "--per-class", "2", "--size", "32"]
     r = run_cli("edgetl", "data", *args)
     assert r.returncode == 2 and "pass --force" in r.stderr and "keep.txt" in r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     r = run_cli("edgetl", "data", *args, "--force")
     assert r.returncode == 0, r.stderr[-2000:]
     assert (out / "keep.txt").read_text() == "mine" and len(list(out.iterdir())) > 1
+    r = run_cli("edgetl", "data", *args, "--force")                 # its images are there: never replaced
+    assert r.returncode == 2 and "already" in r.stderr
+
+
+def test_data_split_never_writes_into_a_folder_of_other_files(synth_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = run_cli("edgetl", "data", "split", synth_data, "--out", out)
+    assert r.returncode == 2 and "did not write" in r.stderr and "keep.txt" in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    lists = tmp_path / "lists"
+    for _ in range(2):                                               # its own folder: written again
+        r = run_cli("edgetl", "data", "split", synth_data, "--out", lists)
+        assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_one_stratified_sampler_caps_per_class_or_in_total_and_is_seeded():

@@ -109,10 +109,16 @@ def generate(out: Path, per_class: int = 60, size: int = 128, seed: int = 0,
 
 
 def _move_into(stage: Path, out: Path) -> None:
-    """Each class folder of ``stage`` into ``out``: renamed whole when new, file by file (same
-    names replaced, the user's other files kept) when ``out`` already has that class."""
+    """Each class folder of ``stage`` into ``out``: renamed whole when new, file by file (the
+    user's other files kept) when ``out`` already has that class. A file that exists is never
+    replaced: then nothing is moved."""
     import os
 
+    from edge_runtime.errors import UserError
+
+    clash = [out / d.name / f.name for d in stage.iterdir() for f in d.iterdir() if (out / d.name / f.name).exists()]
+    if clash:
+        raise UserError(f"{clash[0]}: already exists; edgetl never replaces a file, so pass a new OUT folder")
     out.mkdir(parents=True, exist_ok=True)
     for d in sorted(stage.iterdir()):
         if not (out / d.name).exists():
