@@ -277,6 +277,20 @@ def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> Use
     return UserError(f"{run}: {prec} conversion failed: {summarize(text)}; {where}")
 
 
+# what an int8 model keeps outside XNNPACK on purpose: its probabilities (SOFTMAX in float) and the
+# conversions around them; they cost microseconds, the convolutions all run delegated
+_BY_DESIGN = {"QUANTIZE", "DEQUANTIZE", "SOFTMAX"}
+
+
+def delegation_text(rep: dict) -> str:
+    """Which ops XNNPACK runs, for the summary line, and why the rest does not matter (when so)."""
+    if rep["fully_delegated"]:
+        return "XNNPACK runs every op"
+    rest = ", ".join(rep["not_delegated"]) or "?"
+    why = " (the float probabilities at the end, by design; microseconds)" if set(rep["not_delegated"]) <= _BY_DESIGN else ""
+    return f"XNNPACK runs all but {rest}{why}"
+
+
 def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, *, secs: float,
            choice, max_drop: float = 1.0) -> dict:
     """The manifest entry of one written artifact: checked tensor types, test-split accuracy and
@@ -309,8 +323,7 @@ def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], me
                           "changed_images": int(len(ref.draft_changed))},
            **rep}
     _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {ref.keras_acc:.4f}, "
-         f"agreement {ver['agreement']:.4f})  fully delegated {rep['fully_delegated']}  "
-         f"float ops {rep['float_ops'] or 'none'}  {secs:.1f}s\n         {gate_summary(gate)}")
+         f"agreement {ver['agreement']:.4f})  {delegation_text(rep)}  {secs:.1f}s\n         {gate_summary(gate)}")
     return {
         "file": path.name, "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
         "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),

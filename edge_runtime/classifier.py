@@ -14,6 +14,9 @@ from .interpreter import interpreter_class, load_interpreter
 from .log import warn_once
 from .manifest import NAME, load_manifest
 
+# classes shown per photo unless asked otherwise: edge-predict, edge-serve and the API alike
+DEFAULT_TOP_K = 3
+
 
 class Classifier:
     """Classify images with a converted model.
@@ -137,12 +140,12 @@ class Classifier:
         if not 0.0 <= threshold <= 1.0:   # also refuses nan
             raise UserError(f"{names[1]} {threshold}: scores are probabilities; give a number from 0 to 1")
 
-    def classify(self, image: ImageInput, top_k: int = 5, draft: bool | None = None) -> list[tuple[str, float]]:
+    def classify(self, image: ImageInput, top_k: int = DEFAULT_TOP_K, draft: bool | None = None) -> list[tuple[str, float]]:
         p = self.predict(image, draft)
         order = np.argsort(-p, kind="stable")[:top_k]
         return [(self.labels[i], float(p[i])) for i in order]
 
-    def classify_batch(self, images, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    def classify_batch(self, images, top_k: int = DEFAULT_TOP_K) -> list[list[tuple[str, float]]]:
         return [self.classify(im, top_k) for im in images]
 
 

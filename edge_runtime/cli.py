@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .classifier import DEFAULT_TOP_K
 from .errors import UserError
 from .image import is_image_file
 from .serve.client import ServerUnreachable
@@ -21,7 +22,7 @@ from .serve.client import ServerUnreachable
               help="Accuracy on a folder-per-class DIR or a split list (RUN/split/test.tsv).")
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where the photos of a split list live now.")
 @click.option("--precision", help="Which artifact of the deploy folder (default: the manifest's).")
-@click.option("--top-k", default=3, show_default=True)
+@click.option("--top-k", default=DEFAULT_TOP_K, show_default=True)
 @click.option("--threshold", default=0.0, show_default=True, help="Hide classes scoring below this.")
 @click.option("--threads", type=int, help="Interpreter threads (default: the runtime's choice).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -126,7 +127,8 @@ def _classify_files(files, classify, threshold, as_json, facts: dict | None = No
             click.echo(json.dumps({"file": str(f), "top_k": [{"label": l, "score": round(s, 5)} for l, s in top],
                                    "latency_ms": round(ms, 3), **(facts or {})}))
         else:
-            click.echo(f"{f}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ms:.1f} ms)")
+            ran = f"{facts['precision']}, " if facts and facts.get("precision") else ""
+            click.echo(f"{f}: " + ", ".join(f"{l} {s:.3f}" for l, s in top) + f"  ({ran}{ms:.1f} ms)")
     if failed:
         click.echo(f"error: {failed} of {len(files)} image(s) could not be classified", err=True)
         return 1

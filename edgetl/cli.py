@@ -166,10 +166,11 @@ def eval_cmd(run, data, data_root, as_json, track):
         return
     click.echo(f"accuracy {rep['accuracy']:.4f}  class-averaged {rep['class_avg_accuracy']:.4f}  "
                f"macro F1 {rep['macro_f1']:.4f}  macro AUC {rep['macro_auc'] or float('nan'):.4f}  (n={rep['n']})")
-    click.echo(f"{'class':<16}{'acc':>7}{'prec':>7}{'rec':>7}{'f1':>7}{'auc':>7}{'n':>6}")
+    # a class's accuracy is its recall (right / photos of it): one column, named for both
+    click.echo(f"{'class':<16}{'recall':>7}{'prec':>7}{'f1':>7}{'auc':>7}{'n':>6}")
     for c, r in rep["per_class"].items():
         a = f"{r['auc']:.3f}" if r["auc"] is not None else "  -"
-        click.echo(f"{c:<16}{r['accuracy']:7.3f}{r['precision']:7.3f}{r['recall']:7.3f}{r['f1']:7.3f}{a:>7}{r['support']:6d}")
+        click.echo(f"{c:<16}{r['recall']:7.3f}{r['precision']:7.3f}{r['f1']:7.3f}{a:>7}{r['support']:6d}")
     from trainer.evaluate import data_name
     plots = f"{run}/plots/" if data is None else f"{run}/plots/{data_name(data)}/"
     click.echo(f"misclassified: {len(rep['misclassified'])} (listed in {run}/metrics.json); plots in {plots}")

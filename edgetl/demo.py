@@ -56,4 +56,7 @@ def run_demo(out: Path, per_class: int = 60, backbone: str = "efficientnet_lite0
     sample = sorted((data / "leopard").glob("*.jpg"))[0]
     _say(f"edge-predict {sample.name}: " + ", ".join(f"{l} {s:.2f}" for l, s in clf.classify(sample, 3)))
     _say(f"demo finished in {time.time() - t0:.0f}s")
+    _say(f"next: edge-predict {out / 'run' / 'deploy'} PHOTO.jpg | edge-serve {out / 'run' / 'deploy'} | "
+         f"edgetl explain {out / 'run'} PHOTO.jpg | your own photos: edgetl data inspect DATA, then "
+         f"edgetl train DATA --out runs/mine")
     return metrics

@@ -468,3 +468,22 @@ def test_edge_serve_with_a_file_that_is_not_a_tls_key_is_one_line(deployed, tmp_
 
 
 PHOTO_PATH = SAMPLES / "daisy.jpg"
+
+
+def test_report_commands_never_write_into_a_folder_of_user_files(small_run, tmp_path):
+    """The output-folder policy (edge_runtime.outdir) of every command writing a report folder."""
+    from click.testing import CliRunner
+
+    from edgetl.cli import cli
+
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    (usb / "compare.md").write_text("my notes")
+    before = _tree(usb)
+    r = CliRunner().invoke(cli, ["runs", "compare", str(small_run), str(small_run), "--out", str(usb)])
+    assert r.exit_code == 2 and "did not write" in r.output and _tree(usb) == before, r.output
+    for _ in range(2):   # a folder it made itself is written again
+        r = CliRunner().invoke(cli, ["runs", "compare", str(small_run), str(small_run), "--out", str(tmp_path / "c")])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["explain", str(small_run), str(PHOTO_PATH), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "edgetl insight" in r.output            # another command's folder

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from .. import edgetl_version
-from ..classifier import Classifier
+from ..classifier import DEFAULT_TOP_K, Classifier
 from ..errors import UserError
 from ..image import ImageError, open_image
 from .config import ServeConfig
@@ -166,10 +166,10 @@ def create_app(cfg: ServeConfig):
     # ------------------------------------------------------------------ /v1/classify
     @app.post("/v1/classify", summary="Classify one image (raw image/* body or multipart field `file`)")
     async def classify(request: Request):
-        """Query: top_k (default 5), threshold (0..1, default 0). Read by hand rather than as typed
+        """Query: top_k (default 3, as edge-predict), threshold (0..1, default 0). Read by hand rather than as typed
         parameters: FastAPI's parameter validation is a visible share of a small model's request."""
         t0 = time.perf_counter()
-        top_k = _query_number(request, "top_k", 5, int)
+        top_k = _query_number(request, "top_k", DEFAULT_TOP_K, int)
         threshold = _query_number(request, "threshold", 0.0, float)
         try:
             Classifier.check_top_k_threshold(top_k, threshold)
@@ -445,7 +445,7 @@ def _parse_infer(req, gen: Generation):
     wanted = req.get("outputs") or [{"name": "scores"}]
     if not isinstance(wanted, list):
         raise HTTPError(400, "\"outputs\" must be a list")
-    outputs, top_k = set(), 5
+    outputs, top_k = set(), DEFAULT_TOP_K
     for o in wanted:
         if not isinstance(o, dict) or o.get("name") not in ("scores", "labels"):
             raise HTTPError(400, f"unknown output {o!r}; this model has scores and labels")
@@ -454,7 +454,7 @@ def _parse_infer(req, gen: Generation):
         if not isinstance(params, dict):
             raise HTTPError(400, f"outputs[].parameters must be an object, got {params!r:.60}")
         if o["name"] == "labels":
-            k = params.get("top_k", 5)
+            k = params.get("top_k", DEFAULT_TOP_K)
             if not _is_int(k) or k < 1:
                 raise HTTPError(400, f"labels top_k must be a positive integer, got {k!r}")
             top_k = k
