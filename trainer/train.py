@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -27,12 +26,9 @@ from .backbones import get_backbone
 from .compare import flatten
 from .config import TrainConfig
 from .data import load_dataset, make_split
-from .data.pipeline import augmenter, image_dataset, training_model
 from .data.split import Split
-
-
-def _verbose():
-    return 1 if sys.stderr.isatty() else 2
+from .finetune import fine_tune
+from .head import _save_heldout_head, _track_head, class_weights, train_head  # noqa: F401 - re-exported
 
 
 def resolve(cfg: TrainConfig):
@@ -77,15 +73,6 @@ def _set_state(run: Path, **kw):
     s = _state(run)
     s.update(kw)
     R.write_json(run / R.STATE, s)
-
-
-def class_weights(y: np.ndarray, n: int, mode: str) -> dict | None:
-    counts = np.bincount(y, minlength=n).astype(np.float64)
-    ratio = counts.max() / max(counts.min(), 1)
-    if mode == "none" or (mode == "auto" and ratio < 1.5):
-        return None
-    w = counts.sum() / (n * np.maximum(counts, 1))
-    return {i: float(w[i]) for i in range(n)}
 
 
 # ------------------------------------------------------------------------- features
@@ -163,265 +150,12 @@ def cached_features(run: Path, cfg: TrainConfig, parts, split: Split, name: str,
 
 
 # ------------------------------------------------------------------------- phase 1
-def better_epoch(acc: float, loss: float, best_acc: float, best_loss: float) -> bool:
-    """The one best-epoch rule (head and fine-tuning): higher validation accuracy; on a tie, the
-    lower validation loss (accuracy is coarse on a small validation split)."""
-    return acc > best_acc or (acc == best_acc and loss < best_loss)
-
-
-class BestWeights:
-    """Track the best epoch by validation accuracy (ties: lower val loss) and restore it."""
-
-    def __init__(self, model):
-        self.model, self.best, self.weights, self.epoch = model, (-1.0, np.inf), None, -1
-
-    def update(self, epoch, logs):
-        score = (logs.get("val_accuracy", 0.0), logs.get("val_loss", 0.0))
-        if better_epoch(*score, *self.best):
-            self.best, self.weights, self.epoch = score, self.model.get_weights(), epoch
-
-    def restore(self):
-        if self.weights is not None:
-            self.model.set_weights(self.weights)
-
-
-def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | None = None) -> dict:
-    """Fit the head on cached features and set its weights into the model. Returns the head's
-    history (per-epoch curves for sgd; the L2 selection for lbfgs); with ``run``, also writes it
-    as TensorBoard logs there."""
-    if cfg.head_solver == "sgd":
-        return _train_head_sgd(cfg, parts, F, Y, n, run)
-    from .linear import calibrate_temperature, solve_head
-
-    loss = "squared-hinge" if cfg.head == "linear-svm" else "logistic"
-    # Fine-tuning early-stops on the validation split, so its starting head must not have seen it.
-    refit = cfg.refit and not cfg.fine_tune
-    train_only, final, sel = solve_head(F["train"], Y["train"], F["val"], Y["val"], n, loss=loss,
-                                        class_weights=class_weights(Y["train"], n, cfg.class_weights),
-                                        refit=refit, seed=cfg.seed)
-    W, b = final.W, final.b
-    if loss == "squared-hinge" and len(Y["val"]):
-        # margins -> probabilities, with the temperature measured where the model is held out
-        t = calibrate_temperature(train_only.scores(F["val"]), Y["val"])
-        W, b = W * t, b * t
-        sel.extra["temperature"] = t
-    parts.head.get_layer("logits").set_weights([W, b])
-    if run is not None:
-        from .tblog import write_l2_selection
-        write_l2_selection(run, sel.to_dict())
-        _save_heldout_head(run, train_only if sel.refit else None, sel.extra.get("temperature", 1.0))
-    i = sel.grid.index(sel.l2)
-    _log(f"head: L-BFGS {loss}, L2 {sel.l2:.3g} chosen by {sel.method}"
-         f"{f' ({sel.folds} folds)' if sel.method == 'k-fold' else ''}, held-out accuracy "
-         f"{sel.val_accuracy[i]:.4f}; {'refit on train+val' if sel.refit else 'fit on train'} "
-         f"({sel.n_fit} images) in {sel.seconds:.1f}s")
-    return {"solver": "lbfgs", "selection": sel.to_dict()}
-
-
-def _save_heldout_head(run: Path, train_only, temperature: float = 1.0) -> None:
-    """Keep the train-only head beside a head refit on train+val (``train_only``; None: the head
-    never saw the validation split, and a file left by an earlier training of this run goes).
-    The validation images are training data of a refit head, so its int8 version agrees with it
-    on them more often than on new photos (flowers5 MobileNetV2: 0.983, against 0.970 for this
-    head, which never saw them); the converter's int8 recovery measures on this head instead."""
-    path = run / R.HELDOUT_HEAD
-    if train_only is None:
-        path.unlink(missing_ok=True)
-        return
-    R.write_npz(path, W=(train_only.W * temperature).astype(np.float32),
-                b=(train_only.b * temperature).astype(np.float32))
-
-
-def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | None = None) -> dict:
-    """The epoch-based head (Adam, dropout, label smoothing, early stop on val): kept for
-    comparison and for features too many to solve full-batch. It is tiny, so it trains on one
-    device (a copy of the head outside any distribution strategy); its weights are then set."""
-    import keras
-
-    from .linear import calibrate_temperature
-    from .model import make_head
-
-    keras.utils.set_random_seed(cfg.seed)
-    head = make_head(parts.feature_width, n, cfg.dropout, cfg.l2)
-    if cfg.head == "linear-svm":
-        loss = keras.losses.SquaredHinge()   # one-vs-rest linear SVM in the primal
-    else:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
-    head.compile(keras.optimizers.Adam(cfg.lr), loss, metrics=["accuracy"], jit_compile=False)
-    onehot = {k: np.eye(n, dtype=np.float32)[v] for k, v in Y.items()}
-    if cfg.head == "linear-svm":
-        onehot = {k: 2 * v - 1 for k, v in onehot.items()}
-    best = BestWeights(head)
-    track = keras.callbacks.LambdaCallback(on_epoch_end=best.update)
-    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
-    callbacks = [track, stop]
-    if run is not None:
-        from .tblog import keras_callback
-        callbacks.append(keras_callback(run, "head"))
-    h = head.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
-                 epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,
-                 class_weight=class_weights(Y["train"], n, cfg.class_weights), callbacks=callbacks)
-    best.restore()
-    if cfg.head == "linear-svm":
-        dense = head.get_layer("logits")
-        W, b = dense.get_weights()
-        t = calibrate_temperature(F["val"] @ W + b, Y["val"])
-        dense.set_weights([W * t, b * t])
-    parts.head.set_weights(head.get_weights())
-    if run is not None:
-        _save_heldout_head(run, None)   # trained on train only: validation is already held out
-    hist = {k: [float(x) for x in v] for k, v in h.history.items()}
-    hist["solver"] = "sgd"
-    hist["best_epoch"] = best.epoch + 1
-    _log(f"head: {len(hist['loss'])} epochs, best epoch {best.epoch + 1} "
-         f"val accuracy {best.best[0]:.4f}")
-    return hist
 
 
 # ------------------------------------------------------------------------- phase 2
-def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, resume: bool) -> dict:
-    """Phase 2: the top blocks trained on augmented images, checkpointed every epoch (the best
-    by validation accuracy is kept) so ``resume`` continues after the last finished epoch."""
-    import keras
-
-    ck = run / R.CHECKPOINTS
-    ck.mkdir(parents=True, exist_ok=True)
-    plan = _FineTunePlan(cfg, split, strategy.num_replicas_in_sync)
-    model = _fine_tune_model(cfg, parts, strategy, hw, plan)
-    if cfg.head == "linear-svm":
-        _log("note: --head linear-svm: the frozen head was fit with the squared hinge; fine-tuning trains the "
-             "whole model with cross-entropy on its softmax output, like the softmax head")
-    fstate = _resume_fine_tune(ck, parts, model) if resume and (ck / "finetune_state.json").exists() else {
-        "best_val_accuracy": -1.0, "best_val_loss": float("inf"), "wait": 0, "history": {}, "best_epoch": 0,
-        "epoch": 0}
-    start = fstate["epoch"]
-    keras.utils.set_random_seed(cfg.seed + 1000 + start)
-    if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
-        from .tblog import keras_callback
-        train_ds, val_ds = _fine_tune_data(run, cfg, split, strategy, hw, plan, start)
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
-                  class_weight=class_weights(plan.y, plan.n, cfg.class_weights),
-                  callbacks=[_checkpoint_callback(ck, cfg, parts, model, fstate), keras_callback(run, "fine_tune")],
-                  verbose=_verbose())
-    if (ck / "best.weights.h5").exists():
-        parts.model.load_weights(ck / "best.weights.h5")
-    hist = dict(fstate["history"])
-    hist["best_epoch"] = fstate["best_epoch"]
-    _log(f"fine-tune: best epoch {fstate['best_epoch']} val accuracy {fstate['best_val_accuracy']:.4f}")
-    return hist
-
-
-class _FineTunePlan:
-    """Steps and batches of fine-tuning. Data-parallel batches must split evenly across replicas:
-    the ragged end is dropped (fewer than one batch of images per epoch), and validation keeps all
-    but fewer than ``replicas`` images."""
-
-    def __init__(self, cfg: TrainConfig, split: Split, replicas: int):
-        self.paths, self.y = split.paths_labels("train")
-        self.vpaths, self.vy = split.paths_labels("val")
-        self.n, self.replicas = len(split.classes), replicas
-        self.even = replicas > 1
-        self.drop = self.even and len(self.paths) >= cfg.batch_size
-        self.steps = (len(self.paths) // cfg.batch_size if self.drop
-                      else int(np.ceil(len(self.paths) / cfg.batch_size)))
-        self.total = self.steps * cfg.fine_tune_epochs
-        self.warm = max(1, int(self.steps * cfg.warmup_epochs))
-        self.vbatch = (max(replicas, min(cfg.batch_size, len(self.vpaths) // replicas * replicas)) if self.even
-                       else cfg.batch_size)
-
-
-def _fine_tune_model(cfg: TrainConfig, parts, strategy, hw, plan: _FineTunePlan):
-    """The top blocks unfrozen, augmentation in front, compiled with warm-up + cosine decay."""
-    import keras
-
-    from .hardware import prepare_model
-    from .model import unfreeze_top
-
-    with strategy.scope():
-        trainable = unfreeze_top(parts.base, cfg.fine_tune_blocks, train_bn=cfg.weights == "none")
-        model = prepare_model(training_model(parts.model, augmenter(cfg.seed) if cfg.augment else None), hw)
-        sched = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=cfg.fine_tune_lr / 10, decay_steps=max(plan.total - plan.warm, 1),
-            warmup_target=cfg.fine_tune_lr, warmup_steps=plan.warm, alpha=0.01)
-        model.compile(
-            keras.optimizers.Adam(sched),
-            keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=["accuracy"], jit_compile=hw.jit_compile)
-    _log(f"fine-tune: top {cfg.fine_tune_blocks} blocks ({trainable} layers with weights) trainable, "
-         f"lr {cfg.fine_tune_lr} warm-up {plan.warm} steps then cosine over {plan.total} steps")
-    return model
-
-
-def _resume_fine_tune(ck: Path, parts, model) -> dict:
-    """Weights and optimizer state of the last finished epoch; returns the saved state."""
-    fstate = R.read_json(ck / "finetune_state.json")
-    parts.model.load_weights(ck / "last.weights.h5")
-    opt_vars = np.load(ck / "optimizer.npz")
-    model.optimizer.build(model.trainable_variables)
-    for v, a in zip(model.optimizer.variables, [opt_vars[k] for k in sorted(opt_vars, key=int)]):
-        v.assign(a)
-    _log(f"resuming fine-tuning after epoch {fstate['epoch']}")
-    return fstate
-
-
-def _fine_tune_data(run: Path, cfg: TrainConfig, split: Split, strategy, hw, plan: _FineTunePlan, start: int):
-    """(train, val) image batches, placed for the strategy; decoded images cached (on disk above
-    the memory budget)."""
-    from .hardware import fit_data
-
-    train_ds = fit_data(strategy, hw, lambda shard: image_dataset(
-        plan.paths, plan.y, cfg.size, cfg.batch_size, method=cfg.resize, shuffle=True, seed=cfg.seed + start,
-        num_classes=plan.n, drop_remainder=plan.drop, shard=shard, spill_dir=run / R.CACHE))
-    val_ds = fit_data(strategy, hw, lambda shard: image_dataset(
-        plan.vpaths, plan.vy, cfg.size, plan.vbatch, method=cfg.resize, num_classes=plan.n,
-        drop_remainder=plan.even, shard=shard, spill_dir=run / R.CACHE))
-    return train_ds, val_ds
-
-
-def _checkpoint_callback(ck: Path, cfg: TrainConfig, parts, model, fstate: dict):
-    """Per epoch: history, best and last weights, optimizer state, then the state file (written
-    last: the commit point --resume reads), and early stopping on validation accuracy."""
-    import keras
-
-    def save_weights(name: str):
-        with replacing(ck / f"{name}.weights.h5") as tmp:
-            parts.model.save_weights(tmp)
-
-    class Checkpoint(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            for k, v in logs.items():
-                fstate["history"].setdefault(k, []).append(float(v))
-            acc, loss = logs.get("val_accuracy", 0), logs.get("val_loss", 0)
-            if better_epoch(acc, loss, fstate["best_val_accuracy"], fstate["best_val_loss"]):
-                fstate.update(best_val_accuracy=acc, best_val_loss=loss, wait=0, best_epoch=epoch + 1)
-                save_weights("best")
-            else:
-                fstate["wait"] += 1
-            save_weights("last")
-            with replacing(ck / "optimizer.npz") as tmp:
-                np.savez(tmp, **{str(i): keras.ops.convert_to_numpy(v) for i, v in enumerate(model.optimizer.variables)})
-            fstate["epoch"] = epoch + 1
-            R.write_json(ck / "finetune_state.json", fstate)
-            if fstate["wait"] >= cfg.fine_tune_patience:
-                self.model.stop_training = True
-                _log(f"early stop after epoch {epoch + 1}: no val accuracy gain in {fstate['wait']} epochs")
-
-    return Checkpoint()
 
 
 # ------------------------------------------------------------------------- orchestration
-def _track_head(tracker, head: dict) -> None:
-    """sgd: per-epoch curves; lbfgs: the chosen L2 and the held-out curve along the grid."""
-    if head.get("solver") != "lbfgs":
-        tracker.series("head", head)
-        return
-    sel = head["selection"]
-    order = sorted(range(len(sel["grid"])), key=lambda i: -sel["grid"][i])
-    tracker.series("head_l2_path", {"heldout_accuracy": [sel["val_accuracy"][i] for i in order],
-                                    "heldout_loss": [sel["val_loss"][i] for i in order],
-                                    "l2": [sel["grid"][i] for i in order]})
-    tracker.metrics({"head/l2": sel["l2"], "head/seconds": sel["seconds"]})
 
 
 def _save_model(model, run: Path):
