@@ -20,7 +20,7 @@ from converter.gate import ALPHA
 from edge_runtime.atomic import write_json
 from edge_runtime.errors import UserError
 from edge_runtime.log import log as _log
-from trainer.run import read_config
+from trainer.runs.run import read_config
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
@@ -237,7 +237,7 @@ def run_bench(cfg: BenchConfig, out: Path, reuse: list[str] = (), command: str |
     """Train/convert/verify/time every row; writes the report files into ``out``. ``track``: an
     MLflow URI (default $MLFLOW_TRACKING_URI): each row's train and convert, and the report."""
     from edge_runtime.benchmark import machine_info
-    from trainer.tracking import Tracker
+    from trainer.runs.tracking import Tracker
 
     tracker = Tracker(track, explicit=track is not None)
 
@@ -326,7 +326,7 @@ def _track(tracker, rep: dict, out: Path) -> None:
     """The bench as one MLflow run: its settings, each row's accuracy and latency, the report."""
     if not tracker.on:
         return
-    from trainer.compare import flatten
+    from trainer.runs.compare import flatten
     tracker.start(out, "bench", tags={"preset": rep["preset"]})
     tracker.params(flatten({"bench": rep["config"]}))
     values = {}

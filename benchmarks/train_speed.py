@@ -98,8 +98,8 @@ def edgetl_row(a, out: Path, features: str, env: dict) -> dict:
 
 
 def speed(a) -> int:
-    from trainer import rundir as R
     from trainer.data.split import Split
+    from trainer.runs import rundir as R
 
     res = {"data": a.data, "backbone": a.backbone, "alpha": a.alpha, "weights": a.weights, "rows": {},
            "command": " ".join(["python -m benchmarks.train_speed"] + sys.argv[1:])}

@@ -25,9 +25,9 @@ from edge_runtime.interpreter import graph_report
 from edge_runtime.log import log as _log
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
-from trainer import rundir as R
 from trainer.export import export_saved_model
 from trainer.metrics import class_averaged_accuracy
+from trainer.runs import rundir as R
 
 from .config import DEFAULT_PRECISIONS, ConvertConfig
 from .deploy_folder import deploy_target
@@ -372,7 +372,7 @@ class _Job:
     run: Path
     out: Path
     target: object           # deploy_folder.DeployTarget
-    config: object           # trainer.run.RunConfig
+    config: object           # trainer.runs.run.RunConfig
     labels: list[str]
     model: object
     size: int
@@ -389,7 +389,7 @@ def convert(run: Path, precisions=DEFAULT_PRECISIONS, **settings) -> dict:
     """Returns the manifest dict; raises UserError when an artifact fails its verification gate.
     ``settings``: the fields of ConvertConfig (its defaults are the CLI's). ``track``: MLflow URI
     (default $MLFLOW_TRACKING_URI) for a run nested under the training's."""
-    from trainer.tracking import Tracker
+    from trainer.runs.tracking import Tracker
 
     cfg = ConvertConfig(precisions=tuple(precisions), **settings)
     tracker = Tracker(cfg.track, explicit=cfg.track is not None)
@@ -414,7 +414,7 @@ def _prepare(run: Path, cfg: ConvertConfig) -> _Job:
     from trainer.data.split import Split
     from trainer.evaluate import load_run_model
     from trainer.model import weights_fingerprint
-    from trainer.run import read_config
+    from trainer.runs.run import read_config
 
     out = Path(cfg.out) if cfg.out else run / R.DEPLOY
     if not run.is_dir():

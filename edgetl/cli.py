@@ -405,7 +405,7 @@ def runs_list(roots, sort, as_json, as_csv):
     backbone, head, fine-tuned, test and class-averaged accuracy, and each deploy artifact's
     verified accuracy, size and latency (from `edge-predict DEPLOY --benchmark` or `edgetl bench`).
     Runs with different group letters saw different data or test files: not comparable."""
-    from trainer.history import format_table, list_runs, to_csv, to_json
+    from trainer.runs.history import format_table, list_runs, to_csv, to_json
 
     rows = list_runs(list(roots), sort=sort)
     click.echo(to_json(rows) if as_json else to_csv(rows).rstrip("\n") if as_csv else format_table(rows))
@@ -421,7 +421,7 @@ def runs_compare(runs_, out, max_images):
     """What differs between runs' configs; overall and per-class accuracy, precision and recall
     with the better value in bold; the test photos one gets right and the other wrong; per-class
     bars beside overlaid ROC curves. Per class only for runs scored on the same test files."""
-    from trainer.compare import compare_runs, format_markdown
+    from trainer.runs.compare import compare_runs, format_markdown
 
     if max_images < 0:
         raise UserError(f"--max-images {max_images}: give 0 or more photos per side")

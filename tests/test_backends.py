@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FLOWERS, ROOT, WEIGHTS, copy_subset, run_cli
-from trainer import rundir as R
+from trainer.runs import rundir as R
 
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
 SMALL = ["--backbone", "mobilenet_v2", "--alpha", "0.35", "--size", "96", "--weights", W035]

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import FLOWERS, ROOT, WEIGHTS, run_cli
 from trainer import features as FE
-from trainer import rundir as R
+from trainer.runs import rundir as R
 
 W10 = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.h5"
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"

@@ -7,8 +7,8 @@ import pytest
 
 from converter.head_refit import GRID
 from tests.conftest import WEIGHTS, run_cli
-from trainer import rundir as R
 from trainer.linear import LinearModel, fit, solve_head
+from trainer.runs import rundir as R
 
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
 

@@ -73,7 +73,7 @@ def test_runs_shows_each_deploy_artifact_with_its_verified_accuracy_size_and_lat
     bench = json.loads((ft / "deploy" / "benchmark.json").read_text())
     man = json.loads((ft / "deploy" / "manifest.json").read_text())
     int8 = next(a for a in man["artifacts"] if a["precision"] == "int8")
-    from trainer.history import list_runs
+    from trainer.runs.history import list_runs
     row = next(x for x in list_runs([history_root["runs"]]) if Path(x.run).name == "ft")
     art = next(a for a in row.artifacts if a.precision == "int8")
     assert art.accuracy == int8["verification"]["accuracy"]
@@ -87,7 +87,7 @@ def test_runs_on_another_test_split_get_another_group_and_a_warning(history_root
     h = history_root
     r = run_cli("edgetl", "runs", h["runs"], h["other"], "--sort", "accuracy")
     assert r.returncode == 0, r.stderr
-    from trainer.history import list_runs
+    from trainer.runs.history import list_runs
     rows = {Path(x.run).name: x.group for x in list_runs([h["runs"], h["other"]])}
     assert rows["svm"] == rows["ft"] != rows["seed1"]
     assert "not comparable" in r.stdout
@@ -121,7 +121,7 @@ def test_content_fingerprints_follow_the_photos_not_the_folder(tmp_path, synth_d
 
 # ------------------------------------------------------------------------- edgetl runs compare
 def test_best_value_marks_on_a_hand_checked_case():
-    from trainer.compare import best_indices
+    from trainer.runs.compare import best_indices
     assert best_indices([0.90, 0.95, 0.93]) == [1]
     assert best_indices([0.95, 0.90, 0.95]) == [0, 2]        # a tie marks both
     assert best_indices([0.9, 0.9]) == []                     # nothing is better when all are equal
@@ -130,7 +130,7 @@ def test_best_value_marks_on_a_hand_checked_case():
 
 
 def test_compare_marks_the_better_per_class_value_from_each_runs_metrics(history_root, tmp_path):
-    from trainer.compare import compare_runs, format_markdown
+    from trainer.runs.compare import compare_runs, format_markdown
     runs = [history_root["small"], history_root["svm"], history_root["ft"]]
     cmp = compare_runs(runs, out=tmp_path / "cmp")
     assert cmp.comparable
@@ -148,7 +148,7 @@ def test_compare_marks_the_better_per_class_value_from_each_runs_metrics(history
 
 
 def test_compare_lists_the_images_one_run_gets_right_and_the_other_wrong(history_root):
-    from trainer.compare import compare_runs
+    from trainer.runs.compare import compare_runs
     a, b = history_root["svm"], history_root["ft"]
     cmp = compare_runs([a, b])
 
@@ -267,7 +267,7 @@ def test_with_tracking_off_no_tracker_call_loads_mlflow():
     import subprocess
     import sys
 
-    code = ("import sys; from trainer.tracking import Tracker; t = Tracker(None); "
+    code = ("import sys; from trainer.runs.tracking import Tracker; t = Tracker(None); "
             "t.start('.', 'train'); t.params({'a': 1}); t.metrics({'a': 1.0}); "
             "t.series('head', {'loss': [1.0, 0.5]}); t.artifact('.'); t.end(); "
             "print('mlflow' in sys.modules)")

@@ -10,7 +10,7 @@ import pytest
 from conftest import ASSETS, SAMPLES, run_cli
 
 from trainer.backbones import efficientnet_lite as lite
-from trainer.pth import MAGIC, PROTOCOL_VERSION, PthError, read_state_dict
+from trainer.backbones.pth import MAGIC, PROTOCOL_VERSION, PthError, read_state_dict
 
 LABELS = ASSETS / "labels" / "imagenet_class_index.json"
 KEYS = ASSETS / "weights" / "efficientnet_lite0_pth_keys.txt"
@@ -68,7 +68,7 @@ def test_converted_weights_are_cached_and_reused(cache, monkeypatch):
 
     def no_reimport(*a, **k):
         raise AssertionError("the .pth was read again despite the cache")
-    monkeypatch.setattr("trainer.pth.read_state_dict", no_reimport)
+    monkeypatch.setattr("trainer.backbones.pth.read_state_dict", no_reimport)
     m2 = lite.efficientnet_lite(0, 96)
     lite.load_weights(m2, 0, "imagenet")
     for a, b in zip(m1.get_weights(), m2.get_weights()):

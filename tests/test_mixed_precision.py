@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, WEIGHTS, run_cli
-from trainer import rundir as R
+from trainer.runs import rundir as R
 
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
 # fine-tuning makes the mixed policy matter: the run's own test scores come from its bfloat16 model

@@ -125,8 +125,8 @@ VALID_METRICS = {"test": {"accuracy": 0.9, "class_avg_accuracy": 0.9, "n": 10, "
 @given(split=json_values, config=st.one_of(json_values, mutated(VALID_CONFIG)),
        metrics=st.one_of(json_values, mutated(VALID_METRICS)), state=json_values)
 def test_any_run_file_is_read_or_refused_with_a_user_error(tmp_path, split, config, metrics, state):
-    from trainer import rundir as R
-    from trainer.run import read_config, read_metrics, read_state
+    from trainer.runs import rundir as R
+    from trainer.runs.run import read_config, read_metrics, read_state
 
     (tmp_path / "split").mkdir(exist_ok=True)
     for name, doc in (("split/split.json", split), ("config.json", config), ("metrics.json", metrics),
@@ -144,7 +144,7 @@ def test_any_run_file_is_read_or_refused_with_a_user_error(tmp_path, split, conf
 @SETTINGS
 @given(config=st.one_of(json_values, mutated(VALID_CONFIG)), metrics=st.one_of(json_values, mutated(VALID_METRICS)))
 def test_runs_lists_a_damaged_run_and_still_lists_the_others(tmp_path_factory, config, metrics):
-    from trainer.history import list_runs
+    from trainer.runs.history import list_runs
 
     root = tmp_path_factory.mktemp("runs")
     for name, cfg in (("good", VALID_CONFIG), ("damaged", config)):
@@ -165,7 +165,7 @@ def test_runs_lists_a_damaged_run_and_still_lists_the_others(tmp_path_factory, c
 def test_damaged_predictions_are_one_user_error(tmp_path, arrays):
     import numpy as np
 
-    from trainer.run import read_predictions
+    from trainer.runs.run import read_predictions
 
     (tmp_path / "predictions").mkdir()
     np.savez(tmp_path / "predictions" / "test.npz", **{k: np.asarray(v) for k, v in arrays.items()})
@@ -242,7 +242,7 @@ def test_1e400_and_deep_nesting_are_400():
 @given(report=st.one_of(json_values, mutated({"kind": "edgetl-device-benchmark/1", "rows": [
     {"sha256": "a" * 64, "threads": 2, "end_to_end_ms": {"median": 5.0}}]})))
 def test_a_damaged_device_benchmark_never_stops_the_run_listing(tmp_path_factory, report):
-    from trainer.history import list_runs
+    from trainer.runs.history import list_runs
 
     root = tmp_path_factory.mktemp("runs")
     run = root / "run"

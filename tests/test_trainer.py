@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, WEIGHTS, run_cli
-from trainer import rundir as R
+from trainer.runs import rundir as R
 
 W035 = WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5"
 W100 = WEIGHTS / "mobilenet_v2_1.0_224_imagenet_no_top.h5"

@@ -14,7 +14,7 @@ import pytest
 
 from edge_runtime.errors import UserError
 from tests.conftest import ROOT, SAMPLES, run_cli
-from trainer import rundir as R
+from trainer.runs import rundir as R
 
 
 def _tree(folder):

@@ -9,11 +9,11 @@ import numpy as np
 from edge_runtime.errors import UserError
 from edge_runtime.log import warn_once
 
-from . import rundir as R
 from .data.pipeline import load_arrays, predict_images
 from .data.split import Split
 from .metrics import classification_report
 from .plots import plot_confusion, plot_prediction_grid, plot_roc
+from .runs import rundir as R
 
 
 def load_run_model(run: Path):
@@ -80,7 +80,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
     run = Path(run)
     tracker = None
     if track is not None:
-        from .tracking import Tracker
+        from .runs.tracking import Tracker
         tracker = Tracker(track, explicit=True)
     model = model or load_run_model(run)
     size = int(model.inputs[0].shape[1])
@@ -105,7 +105,7 @@ def evaluate_run(run: Path, data: str | None = None, model=None, split_name: str
         plot_prediction_grid(load_arrays(paths[:k], size, method), y[:k], probs[:k], classes,
                              d / "predictions.png")
     if tracker is not None and tracker.on:
-        from .tracking import test_metrics
+        from .runs.tracking import test_metrics
         tracker.attach(run)
         name = split_name if data is None else f"data/{Path(data).name}"
         tracker.metrics(test_metrics(report, prefix=name))

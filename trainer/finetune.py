@@ -9,11 +9,11 @@ import numpy as np
 from edge_runtime.atomic import replacing
 from edge_runtime.log import log as _log
 
-from . import rundir as R
 from .config import TrainConfig
 from .data.pipeline import augmenter, image_dataset, training_model
 from .data.split import Split
 from .head import better_epoch, class_weights
+from .runs import rundir as R
 
 
 def _verbose():
@@ -41,7 +41,7 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     start = fstate["epoch"]
     keras.utils.set_random_seed(cfg.seed + 1000 + start)
     if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
-        from .tblog import keras_callback
+        from .runs.tblog import keras_callback
         train_ds, val_ds = _fine_tune_data(run, cfg, split, strategy, hw, plan, start)
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.fine_tune_epochs, initial_epoch=start,
                   class_weight=class_weights(plan.y, plan.n, cfg.class_weights),

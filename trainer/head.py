@@ -8,8 +8,8 @@ import numpy as np
 
 from edge_runtime.log import log as _log
 
-from . import rundir as R
 from .config import TrainConfig
+from .runs import rundir as R
 
 
 def class_weights(y: np.ndarray, n: int, mode: str) -> dict | None:
@@ -65,7 +65,7 @@ def train_head(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path | No
         sel.extra["temperature"] = t
     parts.head.get_layer("logits").set_weights([W, b])
     if run is not None:
-        from .tblog import write_l2_selection
+        from .runs.tblog import write_l2_selection
         write_l2_selection(run, sel.to_dict())
         _save_heldout_head(run, train_only if sel.refit else None, sel.extra.get("temperature", 1.0))
     i = sel.grid.index(sel.l2)
@@ -114,7 +114,7 @@ def _train_head_sgd(cfg: TrainConfig, parts, F: dict, Y: dict, n: int, run: Path
     stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience)
     callbacks = [track, stop]
     if run is not None:
-        from .tblog import keras_callback
+        from .runs.tblog import keras_callback
         callbacks.append(keras_callback(run, "head"))
     h = head.fit(F["train"], onehot["train"], validation_data=(F["val"], onehot["val"]),
                  epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, verbose=0,

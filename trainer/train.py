@@ -21,14 +21,14 @@ from edge_runtime.errors import UserError
 from edge_runtime.image import check_resize_method
 from edge_runtime.log import log as _log
 
-from . import rundir as R
 from .backbones import get_backbone
-from .compare import flatten
 from .config import TrainConfig
 from .data import load_dataset, make_split
 from .data.split import Split
 from .finetune import fine_tune
 from .head import _save_heldout_head, _track_head, class_weights, train_head  # noqa: F401 - re-exported
+from .runs import rundir as R
+from .runs.compare import flatten
 
 
 def resolve(cfg: TrainConfig):
@@ -236,7 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False, track: str | None = None) -> d
         run = Path(cfg.out)
         if not (run / R.CONFIG).exists():
             raise UserError(f"{run}: no config.json here, nothing to resume; start with `edgetl train DATA --out {run}`")
-        from .run import read_config
+        from .runs.run import read_config
         cfg = read_config(run).train_config()
         cfg.out = str(run)   # the folder given, wherever the run was started or moved from
         if _state(run).get("phase") == "done":
@@ -263,7 +263,7 @@ def _train(cfg: TrainConfig, resume: bool, track: str | None) -> dict:
 
     from .hardware import setup
     from .model import build
-    from .tracking import Tracker
+    from .runs.tracking import Tracker
 
     t0 = time.time()
     spec = resolve(cfg)
@@ -371,7 +371,7 @@ def _run_phases(run: Path, cfg: TrainConfig, spec, parts, split: Split, strategy
                          "total_s": round(time.time() - t0, 2)}
     R.write_json(run / R.METRICS, metrics)
     _set_state(run, phase="done")
-    from .tracking import test_metrics
+    from .runs.tracking import test_metrics
     tracker.metrics({**test_metrics(t), **{f"timing/{k}": v for k, v in metrics["timing"].items()}})
     for f in (R.CONFIG, R.METRICS, R.HISTORY, R.LABELS, f"{R.SPLIT}/split.json"):
         tracker.artifact(run / f, "run")

@@ -36,8 +36,8 @@ def _int8(manifest: dict) -> dict:
 
 def run_row(assets: Path, work: Path, data: str, backbone: str, alpha, weights: str) -> dict:
     from converter.convert import convert
-    from trainer import rundir as R
     from trainer.config import TrainConfig
+    from trainer.runs import rundir as R
     from trainer.train import train
 
     name = f"{data}-{backbone}{'-' + str(alpha) if alpha else ''}"
@@ -114,7 +114,7 @@ def main(argv=None):
         row["command"] = " ".join(["python -m studies.accuracy.study", *(argv or sys.argv[1:])])
         row["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         done = [r for r in done if (r["data"], r["backbone"], r["alpha"]) != (data, backbone, alpha)] + [row]
-        from trainer import rundir as R
+        from trainer.runs import rundir as R
         R.write_json(res_file, {"command": "python -m studies.accuracy.study --assets ../shared/assets "
                                            "--out studies/accuracy/results [--only KEY]; each row keeps its own",
                                 "rows": done})  # after every row: a crash keeps the finished ones

@@ -56,9 +56,9 @@ def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.
 
     from edge_runtime.image import load_image
     from studies.head_selection.study import split_list
-    from trainer import rundir as R
     from trainer.backbones import get_backbone
     from trainer.model import build
+    from trainer.runs import rundir as R
 
     t = R.read_json(run / R.CONFIG)["train"]
     labels = (run / "labels.txt").read_text().splitlines()
@@ -83,8 +83,8 @@ def _score(fit, X, y, n, tr, va, te) -> float:
 
 
 def compare(run: Path, draws: int) -> dict:
-    from trainer import rundir as R
     from trainer.backbones import get_backbone
+    from trainer.runs import rundir as R
 
     spec = get_backbone(R.read_json(run / R.CONFIG)["train"]["backbone"])
     cands = CANDIDATES[spec.family]

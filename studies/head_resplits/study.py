@@ -86,7 +86,7 @@ HEADS = {"lbfgs": trainer_head("lbfgs"), "sgd": trainer_head("sgd"), "reference"
 
 
 def compare(run: Path, draws: int, heads=tuple(HEADS)) -> dict:
-    from trainer import rundir as R
+    from trainer.runs import rundir as R
 
     X, y, n = cached_features(run, ("train", "val", "test"))
     per = {h: [] for h in heads}

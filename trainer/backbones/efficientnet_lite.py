@@ -199,7 +199,7 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
 
     from edge_runtime.log import log
 
-    from ..pth import read_state_dict
+    from .pth import read_state_dict
     t0 = time.time()
     log(f"efficientnet_lite0: importing the ImageNet weights from {LITE0_PACKAGE} (once; cached in {cache.parent})")
     sd = read_state_dict(lite0_checkpoint(), sha256=LITE0_SHA256)
@@ -226,7 +226,7 @@ def load_weights(model, variant: int, weights: str | None) -> None:
     if weights == "imagenet":
         arrays = imagenet_arrays(variant, model)
     elif str(weights).endswith((".pth", ".pt")):
-        from ..pth import read_state_dict
+        from .pth import read_state_dict
         arrays = keras_arrays_from_torch(read_state_dict(weights), model)
     else:
         _load_weights_file(model, weights, f"efficientnet_lite{variant}")

@@ -63,7 +63,7 @@ class Split:
 
     @classmethod
     def load(cls, folder: Path, root: Path | None = None) -> "Split":
-        from .. import rundir
+        from ..runs import rundir
 
         folder = Path(folder)
         if not folder.is_dir():
@@ -83,7 +83,7 @@ class Split:
     def of_run(cls, run: Path, data_root: Path | None = None) -> "Split":
         """The run's split, for work that reads its photos: ``data_root`` is where the data folder
         lives now (it may have moved since training); a folder that is gone is named with the fix."""
-        from .. import rundir
+        from ..runs import rundir
 
         split = cls.load(Path(run) / rundir.SPLIT, root=data_root)
         if not split.root.is_dir():

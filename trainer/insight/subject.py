@@ -17,7 +17,7 @@ from edge_runtime.classifier import softmax
 from edge_runtime.errors import UserError
 from edge_runtime.image import load_image
 
-from .. import rundir as R
+from ..runs import rundir as R
 
 
 def keras_tf():

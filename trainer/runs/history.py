@@ -96,7 +96,7 @@ def find_runs(roots: list[Path]) -> list[Path]:
 def fingerprints(run: Path) -> dict:
     """The split's fingerprints as recorded at training time; computed from the files for runs
     from before they were recorded (nothing is written: listing never changes a run)."""
-    from .data.split import Split, content_fingerprints
+    from ..data.split import Split, content_fingerprints
 
     sp = Split.load(Path(run) / R.SPLIT)
     return sp.fingerprints or content_fingerprints(sp)

@@ -91,7 +91,7 @@ def _load(run: Path) -> tuple[dict, dict]:
 
 def outcomes(run: Path) -> dict[str, tuple[str, str]]:
     """Test image (path relative to the data root) -> (true class, predicted class)."""
-    from .data.split import Split
+    from ..data.split import Split
 
     sp = Split.load(run / R.SPLIT)
     if (run / R.PREDICTIONS / "test.npz").exists():
@@ -219,7 +219,7 @@ def format_markdown(cmp: Comparison) -> str:
 def write(cmp: Comparison, runs: list[Path], out: Path, max_images: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if cmp.comparable:
-        from .plots import plot_compare, plot_disagreements
+        from ..plots import plot_compare, plot_disagreements
 
         scores = [_scores(r) for r in runs]
         if any(s is None for s in scores):
@@ -238,7 +238,7 @@ def write(cmp: Comparison, runs: list[Path], out: Path, max_images: int) -> None
 
 
 def _root(run: Path) -> Path:
-    from .data.split import Split
+    from ..data.split import Split
     return Path(Split.load(run / R.SPLIT).root)
 
 

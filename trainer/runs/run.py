@@ -1,7 +1,7 @@
 """Typed readers of a run folder's files: the one place that parses config.json, metrics.json,
 state.json and predictions/*.npz. Every reader (convert, eval, runs, runs compare, train --resume,
 bench) goes through these, so a damaged or hand-edited file is one UserError naming the file and
-the field, never a KeyError three modules away. The folder's layout itself is trainer.rundir.
+the field, never a KeyError three modules away. The folder's layout itself is trainer.runs.rundir.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ class RunConfig:
 
     def train_config(self):
         """The TrainConfig the run was trained with (train --resume rebuilds the same model)."""
-        from .config import TrainConfig
+        from ..config import TrainConfig
 
         try:
             return TrainConfig.from_dict(self.train)
