@@ -8,13 +8,20 @@ def representative_dataset(images: np.ndarray):
     """What TFLiteConverter calls: one float32 RGB 0..255 batch of 1 per calibration image.
     ``images``: uint8 (N, S, S, 3), decoded and resized once as the device will do it
     (``trainer.data.pipeline.load_arrays``); the twin's and the shipped model's calibrations and the
-    int8 head refit all read the same arrays."""
+    int8 head refit all read the same arrays. Each pass over them (int8 recovery calibrates the
+    held-out twin and the shipped model) shows one progress line, numbered from the second on,
+    finished when the last image is handed over (the converter does not ask past it)."""
+    passes = [0]
+
     def gen():
         from edge_runtime.log import Progress
 
-        bar = Progress("calibrating", len(images), unit="img")
-        for img in images:
-            yield [img.astype(np.float32)[None]]
+        passes[0] += 1
+        label = "calibrating" if passes[0] == 1 else f"calibrating (pass {passes[0]})"
+        bar = Progress(label, len(images), unit="img")
+        for i, img in enumerate(images, 1):
             bar.add()
-        bar.finish()
+            if i == len(images):
+                bar.finish()
+            yield [img.astype(np.float32)[None]]
     return gen

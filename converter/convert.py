@@ -287,7 +287,8 @@ def delegation_text(rep: dict) -> str:
     if rep["fully_delegated"]:
         return "XNNPACK runs every op"
     rest = ", ".join(rep["not_delegated"]) or "?"
-    why = " (the float probabilities at the end, by design; microseconds)" if set(rep["not_delegated"]) <= _BY_DESIGN else ""
+    why = (" (the step into the float probabilities at the end, by design; microseconds)"
+           if set(rep["not_delegated"]) <= _BY_DESIGN else "")
     return f"XNNPACK runs all but {rest}{why}"
 
 

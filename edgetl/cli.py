@@ -336,7 +336,6 @@ def bench_merge(accuracy, devices, out, budget_ms):
         raise UserError(f"two device files are named {twice[0]!r} and would write one folder "
                         f"({Path(out) / twice[0]}); rename one, e.g. pi5-a.json and pi5-b.json")
     acc = _read_json(accuracy, "edgetl-bench/1", ("rows",))
-    claim(out, "bench merge")
     for d in devices:
         dev = _read_json(d, "edgetl-device-benchmark/1", ("rows", "machine", "date", "method"))
         for k, row in enumerate(dev["rows"]):
@@ -347,7 +346,7 @@ def bench_merge(accuracy, devices, out, budget_ms):
         if not any("latency" in r and r["latency"] for r in rep["rows"]):
             raise UserError(f"{d}: none of its artifacts is in {accuracy} (no sha256 matches); benchmark the "
                             "deploy folders that this bench report converted")
-        folder = Path(out) / Path(d).stem
+        folder = claim(out, "bench merge") / Path(d).stem   # only once the inputs are known good
         write_report(rep, folder, budget_ms)
         click.echo(f"## {Path(d).name} -> {folder}\n")
         click.echo(markdown(rep, budget_ms))

@@ -233,7 +233,8 @@ def test_a_runs_resize_choice_travels_to_the_device(synth_data, tmp_path):
     from tests.conftest import SAMPLES, WEIGHTS
 
     run = tmp_path / "run"
-    r = run_cli("edgetl", "train", synth_data, "--out", run, "--alpha", "0.35", "--size", "96", "--epochs", "5",
+    r = run_cli("edgetl", "train", synth_data, "--out", run, "--backbone", "mobilenet_v2", "--alpha", "0.35",
+                "--size", "96", "--epochs", "5",
                 "--resize", "reduce-nearest", "--weights", WEIGHTS / "mobilenet_v2_0.35_224_imagenet_no_top.h5")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run / "config.json").read_text())["input"]["resize"] == "reduce-nearest"

@@ -100,7 +100,8 @@ def test_features_of_thousands_of_images_are_on_disk_and_memory_mapped(tmp_path)
 
     data = _tiny_folder(tmp_path, 700)
     out = tmp_path / "run"
-    train(TrainConfig(data=str(data), out=str(out), alpha=0.35, size=32, weights=str(W035), features="keras"))
+    train(TrainConfig(data=str(data), out=str(out), backbone="mobilenet_v2", alpha=0.35, size=32, weights=str(W035),
+                      features="keras"))
     files = {p.name.split("_")[1]: p for p in (out / R.CACHE).glob("features_*.npy")}
     assert set(files) == {"train", "val", "test"}
     F = np.load(files["train"], mmap_mode="r")
@@ -186,7 +187,8 @@ def test_every_split_is_cut_into_many_short_chunks_so_no_core_idles_long_at_its_
 def test_resume_continues_a_run_killed_during_feature_extraction(tmp_path):
     out = tmp_path / "killed"
     p = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "train", str(FLOWERS), "--out", str(out),
-                          "--weights", str(W10)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "--backbone", "mobilenet_v2", "--weights", str(W10)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not list((out / R.CACHE).glob("features_train_*.done.json")):
         time.sleep(0.1)
