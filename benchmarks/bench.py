@@ -20,6 +20,7 @@ from converter.gate import ALPHA
 from edge_runtime.atomic import write_json
 from edge_runtime.errors import UserError
 from edge_runtime.log import log as _log
+from trainer.runs import rundir as R
 from trainer.runs.run import read_config
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -192,9 +193,9 @@ def _train_row(row: Row, cfg: BenchConfig, data: str, out: Path, track: str | No
     except (OSError, ValueError):
         have = {}
     same = have == want
-    if same and (run / "metrics.json").exists():
+    if same and (run / R.METRICS).exists():
         return run, weights_of(run)
-    if same and (run / "config.json").exists():
+    if same and (run / R.CONFIG).exists():
         _log(f"{row.name}: resuming the interrupted run {run}")
         train(tc, resume=True, track=track)
         return run, weights_of(run)
@@ -292,7 +293,7 @@ def _bench_row(row: Row, cfg: BenchConfig, data: str, out: Path, threads: list[i
         return [{**base, "precision": "-", "status": f"train failed: {e}"}]
     rcfg = read_config(run)
     base.update(size=rcfg.size, alpha=rcfg.alpha, weights=weights, run=str(run))
-    deploy = run / "deploy"
+    deploy = run / R.DEPLOY
     try:
         man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
                       max_drop=100.0, force=True, threads=None, track=track)

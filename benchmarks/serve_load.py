@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.runs import rundir as R
+
 
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -373,7 +375,7 @@ def main(argv=None):
     folder = a.images
     if folder is None:
         from edge_runtime.filelist import read_file_list
-        test = a.deploy.parent / "split" / "test.tsv"
+        test = a.deploy.parent / R.SPLIT / "test.tsv"
         files = [p for p, _ in read_file_list(test)][: a.limit]
         images = [Path(p).read_bytes() for p in files if str(p).lower().endswith((".jpg", ".jpeg"))]
     else:

@@ -475,7 +475,7 @@ def _artifacts(job: _Job, cfg: ConvertConfig, stage: Path, interrupted) -> list[
 
 def _manifest(job: _Job, cfg: ConvertConfig, stage: Path, artifacts: list[dict]) -> tuple[dict, list[dict]]:
     """labels.txt and manifest.json in ``stage``, with the artifacts kept from the folder replaced."""
-    R.write_text(stage / "labels.txt", "\n".join(job.labels) + "\n")
+    R.write_text(stage / R.LABELS, "\n".join(job.labels) + "\n")
     calibration = {"source": "train split", "samples": len(job.calib_paths), "requested": cfg.calibration_samples,
                    "per_class": {job.labels[c]: n for c, n in job.per_class.items()}, "random_noise": False}
     manifest = build_manifest(job.run, job.config, job.labels, job.size, job.method, cfg.io, cfg.max_drop,

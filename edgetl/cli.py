@@ -339,8 +339,9 @@ def bench_merge(accuracy, devices, out, budget_ms):
     for d in devices:
         dev = _read_json(d, "edgetl-device-benchmark/1", ("rows", "machine", "date", "method"))
         for k, row in enumerate(dev["rows"]):
-            if not isinstance(row, dict) or not all(f in row for f in ("sha256", "threads", "raw_ms", "end_to_end_ms", "fps")):
-                raise UserError(f"{d}: row {k} lacks sha256/threads/raw_ms/end_to_end_ms/fps; "
+            if not isinstance(row, dict) or not all(f in row for f in ("sha256", "threads", "raw_ms", "end_to_end_ms", "fps")) \
+                    or type(row["threads"]) is not int:
+                raise UserError(f"{d}: row {k} lacks sha256/threads/raw_ms/end_to_end_ms/fps (threads: a count); "
                                 "re-run edge-predict DEPLOY --benchmark --json on the device")
         rep = merge(acc, dev)
         if not any("latency" in r and r["latency"] for r in rep["rows"]):

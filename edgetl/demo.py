@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from edge_runtime.errors import UserError
+from trainer.runs import rundir as R
 
 
 def _say(msg: str):
@@ -52,7 +53,7 @@ def run_demo(out: Path, per_class: int = 60, backbone: str = "efficientnet_lite0
 
     _say(f"[3/3] convert to fp32 + int8 -> {out / 'run' / 'deploy'}, then classify on the edge runtime")
     convert(out / "run", ["fp32", "int8"], max_drop=100.0)
-    clf = Classifier(out / "run" / "deploy")
+    clf = Classifier(out / "run" / R.DEPLOY)
     sample = sorted((data / "leopard").glob("*.jpg"))[0]
     _say(f"edge-predict {sample.name}: " + ", ".join(f"{l} {s:.2f}" for l, s in clf.classify(sample, 3)))
     _say(f"demo finished in {time.time() - t0:.0f}s")

@@ -12,6 +12,7 @@ import click
 
 from edge_runtime.atomic import write_json, write_text
 from edge_runtime.errors import UserError
+from trainer.runs import rundir as R
 
 from .clikit import friendly, progress_counter
 
@@ -100,7 +101,7 @@ def explain(args, layer, class_name, misclassified, max_images, backbone, weight
         if not items:
             click.echo(f"{subject.name}: no wrong test predictions to explain")
             return
-        path = _out(out, subject.run / "plots") / "misclassified_cam.png"
+        path = _out(out, subject.run / R.PLOTS) / "misclassified_cam.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         misclassified_figure(items, subject.classes, path)
         for exp, true in items:

@@ -145,9 +145,22 @@ def test_latency_only_rows_are_not_gated_on_accuracy_but_real_rows_are():
     from benchmarks.bench import BenchConfig, gate
 
     cfg = BenchConfig(data="d", rows=[], max_int8_drop=1.0)
-    row = {"precision": "int8", "drop_points": 10.0, "agreement": 0.5}
+    lost = {"n": 100, "lost": 10, "gained": 0, "drop_points": 10.0, "p_value": 0.001}
+    row = {"precision": "int8", "drop_points": 10.0, "agreement": 0.5, "gate": lost}
     assert gate({**row, "latency_only": True, "weights": "random init"}, cfg) == "ok"
     assert gate({**row, "weights": "imagenet"}, cfg).startswith("verification failed")
+
+
+def test_a_row_losing_two_photos_of_73_is_not_failed():
+    """The bench uses the converter's paired gate: on 73 photos two lost answers (2.7 points) are
+    not evidence that int8 is worse (exact McNemar p = 0.25)."""
+    from benchmarks.bench import BenchConfig, gate
+    from converter.gate import mcnemar_p
+
+    cfg = BenchConfig(data="d", rows=[], max_int8_drop=1.0)
+    two = {"n": 73, "lost": 2, "gained": 0, "drop_points": 2.74, "p_value": mcnemar_p(2, 0)}
+    assert gate({"precision": "int8", "drop_points": 2.74, "agreement": 0.97, "gate": two, "weights": "imagenet"},
+                cfg) == "ok"
 
 
 def test_report_names_the_command_that_made_it():

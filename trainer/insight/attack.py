@@ -18,6 +18,7 @@ import numpy as np
 
 from edge_runtime.errors import UserError
 
+from ..runs import rundir as R
 from .subject import Subject, as_list, keras_tf
 
 REPORT_EPS = ("1/255", "2/255", "4/255", "8/255")
@@ -76,12 +77,12 @@ def pgd(subject: Subject, images: np.ndarray, labels: np.ndarray, targeted: bool
 def device_models(run: Path | None) -> dict:
     """{precision: Classifier} for every .tflite in RUN/deploy, each loaded (and sha256-checked)
     once; empty when the run was not converted."""
-    if run is None or not (Path(run) / "deploy" / "manifest.json").exists():
+    if run is None or not (Path(run) / R.DEPLOY / "manifest.json").exists():
         return {}
     from edge_runtime.classifier import Classifier
     from edge_runtime.manifest import load_manifest
 
-    deploy = Path(run) / "deploy"
+    deploy = Path(run) / R.DEPLOY
     return {a["precision"]: Classifier(deploy, precision=a["precision"])
             for a in load_manifest(deploy).data["artifacts"]}
 
