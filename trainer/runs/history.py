@@ -151,12 +151,13 @@ def latency_index(roots: list[Path], runs: list[Path]) -> dict[str, tuple[float,
 
 def summarise(run: Path, latency: dict | None = None) -> RunSummary:
     """One run's row, read from its files."""
-    from .run import read_config, read_metrics, read_state
+    from .run import Run
 
     run = Path(run)
-    cfg = read_config(run)
+    r = Run(run)
+    cfg = r.config()
     t = cfg.train
-    metrics, state = read_metrics(run), read_state(run)
+    metrics, state = r.metrics(), r.state()
     test = metrics.get("test") or {}
     done = state.get("phase") == "done" and bool(test)
     stamp = max((run / f).stat().st_mtime for f in (R.CONFIG, R.METRICS, R.STATE) if (run / f).exists())

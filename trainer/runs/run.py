@@ -153,3 +153,32 @@ def read_predictions(run: Path, split_name: str = "test") -> tuple[np.ndarray, n
         raise UserError(f"{path}: its files, labels, probabilities and classes do not fit together "
                         f"({n} files, {k} classes, probabilities {probs.shape}); score the run again (edgetl eval {run})")
     return files, y, probs, [str(c) for c in classes]
+
+
+class Run:
+    """One run folder, read only through the typed readers above (each file parsed when asked,
+    every damage one UserError naming the file and the field)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def config(self) -> RunConfig:
+        return read_config(self.path)
+
+    def labels(self) -> list[str]:
+        return R.read_labels(self.path)   # checked against the class order the run was trained with
+
+    def metrics(self) -> dict:
+        return read_metrics(self.path)
+
+    def state(self) -> dict:
+        return read_state(self.path)
+
+    def predictions(self, split_name: str = "test"):
+        return read_predictions(self.path, split_name)
+
+    def split(self, data_root=None):
+        """The run's split; its test photos are checked against the fingerprint it recorded."""
+        from ..data.split import Split
+
+        return Split.of_run(self.path, data_root)
