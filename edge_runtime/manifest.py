@@ -126,7 +126,7 @@ def schema_problem(data) -> str | None:
     for k, a in enumerate(arts):
         problem = _artifact_problem(a)
         if problem:
-            return f"artifact {k}: {problem}"
+            return f"artifact {k} {problem}"
     if data.get("default") is not None and not isinstance(data.get("default"), str):
         return "'default' must be a precision name or null"
     return None
@@ -139,22 +139,22 @@ def _number(x) -> bool:
 def _artifact_problem(a) -> str | None:
     """What is wrong with one artifact entry, or None: every field the device reads."""
     if not isinstance(a, dict):
-        return "not an object"
+        return "is not an object"
     for key in ("file", "sha256", "precision"):
         if not isinstance(a.get(key), str) or not a.get(key):
-            return f"no {key!r}"
+            return f"has no {key!r}"
     f = a["file"]
     if f in (".", "..") or "/" in f or "\\" in f or "\0" in f:
-        return f"'file' {f!r} must be a file name inside the deploy folder"
+        return f"has 'file' {f!r}, which must be a file name inside the deploy folder"
     if not isinstance(a.get("bytes"), int) or isinstance(a.get("bytes"), bool) or a["bytes"] < 0:
-        return "'bytes' must be a file size"
+        return "has no 'bytes' (a file size)"
     for side in ("input", "output"):
         t = a.get(side)
         if not isinstance(t, dict) or not isinstance(t.get("dtype"), str) or not _number(t.get("scale")) \
                 or not isinstance(t.get("zero_point"), int) or isinstance(t.get("zero_point"), bool):
-            return f"{side!r} must give 'dtype', 'scale' and 'zero_point'"
+            return f"has an {side!r} without 'dtype', 'scale' and 'zero_point'"
     if "probabilities" in a["output"] and not isinstance(a["output"]["probabilities"], bool):
-        return "'output.probabilities' must be true or false"
+        return "has an 'output.probabilities' that is not true or false"
     if not isinstance(a.get("verification"), dict):
-        return "'verification' must be an object"
+        return "has no 'verification' object"
     return None

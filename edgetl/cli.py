@@ -107,11 +107,9 @@ def data_split(source, out, fractions, seed):
     """Stratified, duplicate-aware train/val/test split of SOURCE, saved as file lists in OUT."""
     from trainer.data import load_dataset, make_split
 
-    claim(out, "data split")
-
     ds = load_dataset(source, progress=progress_counter("checking images"))
     sp = make_split(ds, fractions=fractions, seed=seed)
-    sp.save(out)
+    sp.save(claim(out, "data split"))   # claimed once the data checked out: a refusal writes nothing
     c = sp.counts()
     click.echo(" ".join(f"{s} {sum(c[s].values())}" for s in ("train", "val", "test")) + f" -> {out}")
     for n in sp.notes:

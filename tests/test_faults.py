@@ -44,8 +44,8 @@ def test_benchmark_refuses_bad_options_and_keeps_the_saved_report(deployed, args
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "--epochs 0: give 1 or more"),
-    (["--batch-size", "0"], "--batch-size 0: give 1 or more"),
+    (["--epochs", "0"], "--epochs 0: must be >= 1"),
+    (["--batch-size", "0"], "--batch-size 0: must be >= 1"),
     (["--fractions", "0.5,0.5,0"], "--fractions 0.5,0.5,0.0: give train,val,test shares that add up to 1"),
     (["--fractions", "0.7,0.7,0.1"], "--fractions 0.7,0.7,0.1: give train,val,test shares"),
     (["--fine-tune", "--fractions", "0.9,0,0.1"], "--fine-tune early-stops on the validation split"),
@@ -60,7 +60,7 @@ def test_train_checks_numbers_before_writing_anything(synth_data, tmp_path, args
 
 def test_synthetic_data_of_size_zero_is_refused(tmp_path):
     _one_error_line(run_cli("edgetl", "data", "synth", tmp_path / "s", "--size", "0"),
-                    "synthetic data needs --per-class 1 or more and --size 16 or more")
+                    "synthetic data needs --per-class 1-100000, --size 16-4096")
     assert not (tmp_path / "s").exists()
 
 
