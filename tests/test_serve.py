@@ -482,8 +482,15 @@ def test_several_worker_processes_serve_and_all_take_a_swap(deployed, tmp_path):
             served = sum(s.value for s in fams["edge_serve_requests"].samples
                          if s.name.endswith("_total") and s.labels.get("route") == "classify")
             assert served >= 30   # summed over both processes
-            loaded = {s.labels["sha256"] for s in fams["edge_serve_model_info"].samples if s.value == 1}
-            assert loaded == {fp32}   # the old model is no longer reported as loaded by any process
+            # every process takes the swap within its 0.5 s watch; then no process reports the old model
+            deadline, loaded = time.time() + 20, set()
+            while time.time() < deadline and loaded != {fp32}:
+                fams = {f.name: f for f in text_string_to_metric_families(c.get("/metrics").text)}
+                info = fams["edge_serve_model_info"].samples
+                loaded = {s.labels["sha256"] for s in info if s.value == 1}
+                time.sleep(0.2)
+            assert loaded == {fp32}, [(s.labels, s.value) for s in info]
+            assert len({s.labels["pid"] for s in info if s.value == 1}) == 2      # both processes, new model
     finally:
         srv.stop()
 
