@@ -15,7 +15,11 @@ from edge_runtime.settings import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, POSITIVE
 class TrainConfig:
     data: str = field(metadata={"cli": False})
     out: str = field(metadata={"cli": False})
-    backbone: str = opt("mobilenet_v2", "Registry name (edgetl backbones lists them) or hub:<handle-or-dir>.")
+    # EfficientNet-Lite0: its ImageNet weights install with edgetl[train], so a first run works offline;
+    # measured (studies/accuracy) +1.0 point over MobileNetV2 1.0 on flowers5 (0.9483 vs 0.9384) and
+    # +0.2 on cats_and_dogs, at ~1.3x its int8 invoke time (2.0 vs 1.6 ms, 2 threads)
+    backbone: str = opt("efficientnet_lite0", "Registry name (edgetl backbones lists them) or hub:<handle-or-dir>. "
+                                              "The default's ImageNet weights install with edgetl[train].")
     alpha: float | None = opt(None, "Width multiplier (MobileNets); default: the backbone's.", range=POSITIVE)
     size: int | None = opt(None, "Input side in pixels; default: the backbone's native size.", range=Range(16, 2048))
     weights: str = opt("imagenet", "imagenet | none | PATH to a weights file.")
