@@ -14,14 +14,17 @@ def representative_dataset(images: np.ndarray):
     passes = [0]
 
     def gen():
-        from edge_runtime.log import Progress
+        import time
+
+        from edge_runtime.log import Progress, log
 
         passes[0] += 1
         label = "calibrating" if passes[0] == 1 else f"calibrating (pass {passes[0]})"
-        bar = Progress(label, len(images), unit="img")
+        bar, t0 = Progress(label, len(images), unit="img"), time.time()
         for i, img in enumerate(images, 1):
             bar.add()
-            if i == len(images):
+            if i == len(images):   # the step's own summary line, as every long step ends
                 bar.finish()
+                log(f"{label}: {i} images in {time.time() - t0:.1f}s")
             yield [img.astype(np.float32)[None]]
     return gen

@@ -29,7 +29,6 @@ class Progress:
         self.label, self.total, self.done, self.unit, self.every = label, total, done, unit, every
         self._t0, self._start, self._last = time.time(), done, time.time()
         self._tty = sys.stderr.isatty()
-        self._logged = False   # a plain line was written: the finished line follows too
 
     def line(self) -> str:
         import time
@@ -50,11 +49,9 @@ class Progress:
             print("\r" + self.line(), end="", file=sys.stderr, flush=True)
         elif now - self._last >= self.every and self.done < self.total:
             self._last = now
-            self._logged = True
             log(self.line())
 
     def finish(self) -> None:
         if self._tty:
             print("", file=sys.stderr, flush=True)
-        elif self._logged:   # a log that showed it under way also shows it done
-            log(self.line())
+

@@ -115,3 +115,17 @@ def test_data_split_shares_the_training_split_defaults():
 
     split = {p.name: p.default for p in cli.commands["data"].commands["split"].params}
     assert split["fractions"] == ",".join(f"{v:g}" for v in TrainConfig.fractions) and split["seed"] == TrainConfig.seed
+
+
+def test_rooms_stay_small():
+    """A module over 500 lines or a function over 80 is two ideas in one place (tests excepted)."""
+    long_modules, long_functions = [], []
+    for package in FLOORS:
+        for f in files(package):
+            text = f.read_text(encoding="utf-8")
+            if len(text.splitlines()) > 500:
+                long_modules.append(str(f.relative_to(ROOT)))
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                    long_functions.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long_modules and not long_functions, long_modules + long_functions
