@@ -34,7 +34,7 @@ from .deploy_folder import deploy_target
 from .gate import SMALL_SPLIT, judge
 from .gate import summary as gate_summary
 from .precision import FILES as PRECISION_FILES
-from .precision import IO_TYPES, PRECISIONS, REGISTRY  # noqa: F401 - IO_TYPES: part of this module's API
+from .precision import PRECISIONS, REGISTRY
 
 
 def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None:
@@ -65,19 +65,6 @@ def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) 
 
 def _atomic_write(path: Path, data: bytes):
     write_bytes(path, data, durable=True)
-
-
-def _check_writable(out: Path):
-    """The deploy folder is built beside ``out``: its parent must take new files."""
-    try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(20, "a file is in the way")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".{out.name}.edgetl-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{out}: output folder is not writable ({e.strerror}); pass --out DIR") from None
 
 
 def default_precision(artifacts: list[dict]) -> str | None:
@@ -421,7 +408,6 @@ def _prepare(run: Path, cfg: ConvertConfig) -> _Job:
     if not run.is_dir():
         raise UserError(f"{run}: no such run directory")
     target = deploy_target(out, run, R.DEPLOY, cfg.force)   # before any work: what may be replaced
-    _check_writable(out)
     config, labels = read_config(run), R.read_labels(run)
     model = load_run_model(run)
     size, n_out = int(model.inputs[0].shape[1]), int(model.outputs[0].shape[-1])

@@ -36,6 +36,7 @@ def deploy_target(out: Path, run: Path, deploy_name: str, force: bool) -> Deploy
         raise UserError(f"{out}: a file is in the way of the deploy folder; pass --out a new folder")
     entries = sorted(out.iterdir()) if out.is_dir() else []
     if not entries:
+        _check_writable(out)
         return DeployTarget(out)
     previous = _edgetl_manifest(out)
     foreign = [e.name + ("/" if e.is_dir() else "") for e in entries
@@ -48,7 +49,19 @@ def deploy_target(out: Path, run: Path, deploy_name: str, force: bool) -> Deploy
     if not same_run and not force:
         raise UserError(f"{out}: holds the verified artifacts of another run ({previous.get('source_run')}); "
                         "pass --force to replace them, or --out another folder")
+    _check_writable(out)
     return DeployTarget(out, previous, same_run)
+
+
+def _check_writable(out: Path) -> None:
+    """The new folder is staged beside ``out``: its parent must take new files."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.edgetl-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{out}: output folder is not writable ({e.strerror}); pass --out DIR") from None
 
 
 def _refuse_run_overlap(out: Path, run: Path, deploy_name: str) -> None:

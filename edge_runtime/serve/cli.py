@@ -12,7 +12,7 @@ import click
 from ..cores import usable_cores
 from ..errors import UserError
 from ..settings import options_from
-from .config import ENV_KEY, MIN_BODY, ServeConfig, parse_size  # noqa: F401 - parse_size/MIN_BODY: public here too
+from .config import ENV_KEY, ServeConfig
 
 _ENV_CONFIG = "EDGE_SERVE_CONFIG"   # how worker processes get the settings (uvicorn imports the app)
 
