@@ -4,10 +4,15 @@
    T threads, one interpreter each, for --seconds: the in-process rate and median latency.
 2. The real server process (`edge-serve DEPLOY --threads T`) on a loopback port, driven by
    concurrent asyncio clients (closed loop, keep-alive HTTP/1.1) for --seconds: throughput,
-   p50/p90/p99, errors by status, and the CPU each side spent per request.
-3. Open loop at 80 % of that throughput: p50/p90/p99 (against the in-process median).
+   p50/p90/p99, errors by status, and the CPU each side spent per request. Two routes, each
+   sent the same JPEGs: `/v1/classify` (the raw JPEG as the body) and the Open Inference
+   Protocol's infer with binary tensor data (the JPEG as a binary BYTES tensor, the scores
+   answered as binary data), as a standard OIP client sends it.
+3. Open loop at 50 % of each route's throughput (p99 against the in-process median: the target)
+   and at 80 % (p99 and the 503 count, reported without a target: at 80 % on two shared cores
+   the tail is queueing, not the server).
    Phases 1-3 run back to back as one round, --repeats rounds (default 3); each round gives its
-   own two ratios and the report gives their medians (every round kept).
+   own ratios and the report gives their medians (every round kept).
 4. Memory: the server's RSS after a warm-up and again after --rss-requests more requests.
 
     python -m benchmarks.serve_load RUN/deploy --images DIR --out benchmarks/results/serve
@@ -93,6 +98,9 @@ def in_process(deploy: Path, images: list[bytes], threads: int, seconds: float) 
             "cpu_ms_per_request": round(1e3 * cpu / len(all_lat), 3)}
 
 
+MODEL = "model"   # the served model's name in the v2 API
+
+
 class ServerProcess:
     def __init__(self, deploy: Path, threads: int, queue: int):
         with socket.socket() as s:
@@ -101,7 +109,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "edge_runtime.serve.cli", str(deploy), "--port",
                                       str(self.port), "--threads", str(threads), "--queue", str(queue),
-                                      "--timeout", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                      "--timeout", "30", "--name", MODEL], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         import httpx
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -130,18 +138,18 @@ class Connection:
         self.host, self.port = host, port
         self.reader = self.writer = None
 
-    async def post(self, path: str, body: bytes, ctype: str = "image/jpeg") -> tuple[int, bytes]:
+    async def post(self, path: str, body: bytes, headers: str = "Content-Type: image/jpeg\r\n") -> tuple[int, bytes]:
         if self.writer is not None:
             try:   # a kept-alive connection the server has since closed: retry once on a new one
-                return await self._post(path, body, ctype)
+                return await self._post(path, body, headers)
             except (ConnectionError, asyncio.IncompleteReadError):
                 self.close()
-        return await self._post(path, body, ctype)
+        return await self._post(path, body, headers)
 
-    async def _post(self, path: str, body: bytes, ctype: str) -> tuple[int, bytes]:
+    async def _post(self, path: str, body: bytes, headers: str) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: {ctype}\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{headers}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         await self.writer.drain()
@@ -169,13 +177,43 @@ class Connection:
             self.reader = self.writer = None
 
 
+class Route:
+    """One way of asking the server to classify a JPEG: the path, and each image's body and headers."""
+
+    def __init__(self, name: str, path: str, bodies: list[bytes], headers: list[str]):
+        self.name, self.path, self.bodies, self.headers = name, path, bodies, headers
+
+    def request(self, k: int) -> tuple[str, bytes, str]:
+        return self.path, self.bodies[k % len(self.bodies)], self.headers[k % len(self.headers)]
+
+    @classmethod
+    def v1(cls, images: list[bytes]) -> "Route":
+        return cls("v1_classify", "/v1/classify", images, ["Content-Type: image/jpeg\r\n"])
+
+    @classmethod
+    def oip_binary(cls, images: list[bytes], model: str) -> "Route":
+        """The infer request a standard OIP client sends by default: a JSON header, then the JPEG
+        as a binary BYTES tensor; the answer's scores as binary data."""
+        from edge_runtime.serve.oip_codec import HEADER_LENGTH, bytes_tensor
+
+        bodies, headers = [], []
+        for jpeg in images:
+            blob = bytes_tensor([jpeg])
+            head = json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                           "parameters": {"binary_data_size": len(blob)}}],
+                               "parameters": {"binary_data_output": True}}).encode()
+            bodies.append(head + blob)
+            headers.append(f"Content-Type: application/octet-stream\r\n{HEADER_LENGTH}: {len(head)}\r\n")
+        return cls("oip_binary", f"/v2/models/{model}/infer", bodies, headers)
+
+
 def _host_port(url: str) -> tuple[str, int]:
     hp = url.split("://", 1)[1].rstrip("/")
     host, _, port = hp.rpartition(":")
     return host, int(port)
 
 
-async def closed_loop(url: str, images: list[bytes], clients: int, seconds: float | None = None,
+async def closed_loop(url: str, route: Route, clients: int, seconds: float | None = None,
                       total: int | None = None) -> dict:
     """``clients`` concurrent clients, each sending its next request when the last is answered,
     for ``seconds`` or until ``total`` requests are done."""
@@ -191,7 +229,7 @@ async def closed_loop(url: str, images: list[bytes], clients: int, seconds: floa
             sent += 1
             t = time.perf_counter()
             try:
-                key = str((await conn.post("/v1/classify", images[k % len(images)]))[0])
+                key = str((await conn.post(*route.request(k)))[0])
             except (OSError, asyncio.IncompleteReadError, ValueError) as e:
                 key = type(e).__name__
                 conn.close()
@@ -206,7 +244,7 @@ async def closed_loop(url: str, images: list[bytes], clients: int, seconds: floa
             "p50_ms": _pct(lat, 50), "p90_ms": _pct(lat, 90), "p99_ms": _pct(lat, 99), "status": statuses}
 
 
-async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) -> dict:
+async def open_loop(url: str, route: Route, rate: float, seconds: float) -> dict:
     """One request every 1/rate s, whatever the answers do (latency at a given offered load);
     idle keep-alive connections are reused, new ones opened when all are busy."""
     host, port = _host_port(url)
@@ -217,10 +255,10 @@ async def open_loop(url: str, images: list[bytes], rate: float, seconds: float) 
         t = time.perf_counter()
         split = None
         try:
-            code, body = await conn.post("/v1/classify", images[k % len(images)])
+            code, body = await conn.post(*route.request(k))
             key = str(code)
             idle.append(conn)
-            if code == 200:
+            if code == 200 and route.name == "v1_classify":   # its answer carries the server's split
                 split = json.loads(body)["latency_ms"]
         except (OSError, asyncio.IncompleteReadError, ValueError) as e:
             key = type(e).__name__
@@ -272,50 +310,67 @@ def load_images(folder: Path, limit: int) -> list[bytes]:
 
 def run(deploy: Path, images: list[bytes], threads: int, seconds: float, rss_requests: int,
         repeats: int = 3) -> dict:
-    """``repeats`` rounds, each measuring back to back the in-process rate, the served closed-loop
-    throughput and the open loop at 80 % of that throughput, so each round's two ratios compare
-    measurements about a minute apart. On this shared VM the machine's speed drifts by tens of
-    percent within minutes (the in-process rate measured 489-547 req/s in three runs a minute
-    apart), so a reference taken in a separate block of runs can be several minutes and a
-    different machine speed away from the phase it is compared with. Each ratio is reported as
-    the median of the rounds' ratios, every round kept."""
+    """``repeats`` rounds, each measuring back to back the in-process rate and, per route, the
+    served closed-loop throughput and the open loop at 50 % and 80 % of it, so each round's ratios
+    compare measurements a minute or two apart. On this shared VM the machine's speed drifts by
+    tens of percent within minutes (the in-process rate measured 489-547 req/s in three runs a
+    minute apart), so a reference taken in a separate block of runs can be several minutes and a
+    different machine speed away from the phase it is compared with. Each ratio is reported as the
+    median of the rounds' ratios, every round kept."""
     from edge_runtime.benchmark import machine_info
     srv = ServerProcess(deploy, threads, queue=4 * threads)
-    rounds = []
+    routes = [Route.v1(images), Route.oip_binary(images, MODEL)]
+    rounds, clients = [], 2 * threads
     try:
-        clients = 2 * threads
-        _drive(closed_loop(srv.url, images, clients, total=100))              # warm-up
+        for route in routes:
+            _drive(closed_loop(srv.url, route, clients, total=100))          # warm-up
         rss0 = _rss_mb(srv.proc.pid)
         for _ in range(repeats):
             ref = in_process(deploy, images, threads, seconds)                # the server idles meanwhile
-            cpu_srv, cpu_cli = _cpu_s(srv.proc.pid), time.process_time()
-            served = _drive(closed_loop(srv.url, images, clients, seconds=seconds))
-            served["cpu_ms_per_request"] = {
-                "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / served["requests"], 3),
-                "load_generator": round(1e3 * (time.process_time() - cpu_cli) / served["requests"], 3)}
-            at80 = _drive(open_loop(srv.url, images, 0.8 * served["throughput"], seconds))
-            rounds.append({"in_process": ref, "served": served, "at_80_percent": at80, "ratios": {
-                "throughput_served_over_in_process": round(served["throughput"] / ref["rate"], 3),
-                "p99_at_80_over_in_process_median": round(at80["p99_ms"] / ref["p50_ms"], 3)}})
-        soak = _drive(closed_loop(srv.url, images, clients, total=rss_requests))
+            rounds.append({"in_process": ref, **{r.name: _route_phases(srv, r, clients, seconds) for r in routes}})
+            rounds[-1]["ratios"] = {f"{k}_{r.name}": round(rounds[-1][r.name][what] / ref[ref_key], 3)
+                                    for r in routes for k, what, ref_key in RATIOS}
+        soak = _drive(closed_loop(srv.url, routes[0], clients, total=rss_requests // 2))
+        soak_oip = _drive(closed_loop(srv.url, routes[1], clients, total=rss_requests - rss_requests // 2))
         rss1 = _rss_mb(srv.proc.pid)
     finally:
         srv.stop()
     man = json.loads((deploy / "manifest.json").read_text())
     art = next(a for a in man["artifacts"] if a["precision"] == man["default"])
     ratios = {k: float(np.median([r["ratios"][k] for r in rounds])) for k in rounds[0]["ratios"]}
+    soak_n = soak["requests"] + soak_oip["requests"]
     return {
-        "kind": "edgetl-serve-load/2", "deploy": str(deploy), "artifact": art["file"], "sha256": art["sha256"],
+        "kind": "edgetl-serve-load/3", "deploy": str(deploy), "artifact": art["file"], "sha256": art["sha256"],
         "backbone": man.get("backbone", {}), "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "method": {"threads": threads, "clients": clients, "seconds": seconds, "images": len(images),
-                   "queue": 4 * threads, "repeats": repeats,
+                   "queue": 4 * threads, "repeats": repeats, "routes": [r.name for r in routes],
                    "client": "asyncio keep-alive HTTP/1.1 clients in one process on the same machine, loopback",
-                   "rounds": "in-process, closed loop, open loop at 80 % back to back; ratios per round, median"},
+                   "rounds": "in-process, then per route closed loop, open loop at 50 % and 80 % back to back; "
+                             "ratios per round, median"},
         "rounds": rounds,
-        "rss_mb": {"after_warmup": round(rss0, 1), f"after_{soak['requests']}_more": round(rss1, 1),
-                   "growth_percent": round(100 * (rss1 - rss0) / rss0, 2), "soak": soak},
+        "rss_mb": {"after_warmup": round(rss0, 1), f"after_{soak_n}_more": round(rss1, 1),
+                   "growth_percent": round(100 * (rss1 - rss0) / rss0, 2),
+                   "soak": {"v1_classify": soak, "oip_binary": soak_oip}},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }
+
+
+# (ratio name, the route's measure, the in-process measure it is divided by)
+RATIOS = [("throughput_over_in_process", "throughput", "rate"),
+          ("p99_at_50_over_in_process_median", "p99_at_50", "p50_ms"),
+          ("p99_at_80_over_in_process_median", "p99_at_80", "p50_ms")]
+
+
+def _route_phases(srv, route: Route, clients: int, seconds: float) -> dict:
+    cpu_srv, cpu_cli = _cpu_s(srv.proc.pid), time.process_time()
+    served = _drive(closed_loop(srv.url, route, clients, seconds=seconds))
+    served["cpu_ms_per_request"] = {
+        "server": round(1e3 * (_cpu_s(srv.proc.pid) - cpu_srv) / served["requests"], 3),
+        "load_generator": round(1e3 * (time.process_time() - cpu_cli) / served["requests"], 3)}
+    at50 = _drive(open_loop(srv.url, route, 0.5 * served["throughput"], seconds))
+    at80 = _drive(open_loop(srv.url, route, 0.8 * served["throughput"], seconds))
+    return {"served": served, "at_50_percent": at50, "at_80_percent": at80, "throughput": served["throughput"],
+            "p99_at_50": at50["p99_ms"], "p99_at_80": at80["p99_ms"]}
 
 
 def markdown(r: dict) -> str:
@@ -327,37 +382,33 @@ def markdown(r: dict) -> str:
         f"{m['cpu']} ({m['cores']} cores), {m['runtime']}; {r['method']['threads']} inference threads, "
         f"{r['method']['clients']} closed-loop clients, {r['method']['seconds']} s per phase, "
         f"{r['method']['images']} JPEGs; {r['date']}", "",
-        f"{len(r['rounds'])} rounds, each measuring the three phases back to back; each round's ratios compare "
-        "its own phases, and the ratios below are the medians over the rounds.", "",
-        "| round | in-process rate (req/s) | in-process p50 / p99 ms | served closed loop (req/s) | open loop at 80 %: "
-        "offered req/s | p50 / p90 / p99 ms | statuses | throughput ratio | p99 / in-process median |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        f"{len(r['rounds'])} rounds, each measuring its phases back to back; each round's ratios compare its own "
+        "phases, and the ratios below are the medians over the rounds. Routes: `v1_classify` (the JPEG as the "
+        "body) and `oip_binary` (Open Inference Protocol infer, the JPEG as a binary BYTES tensor, binary scores).",
+        "", "| round | route | in-process rate (req/s), p50 ms | served (req/s) | at 50 %: p50 / p99 ms | "
+        "at 80 %: p50 / p99 ms, statuses | throughput ratio | p99 at 50 % / in-process median |",
+        "|---|---|---|---|---|---|---|---|"]
     for i, rd in enumerate(r["rounds"], 1):
-        ref, s, a = rd["in_process"], rd["served"], rd["at_80_percent"]
-        lines.append(f"| {i} | {ref['rate']} | {ref['p50_ms']} / {ref['p99_ms']} | {s['throughput']} | "
-                     f"{a['offered_rate']} | {a['p50_ms']} / {a['p90_ms']} / {a['p99_ms']} | {a['status']} | "
-                     f"{rd['ratios']['throughput_served_over_in_process']} | "
-                     f"{rd['ratios']['p99_at_80_over_in_process_median']} |")
-    tails = [rd["at_80_percent"].get("tail", {}) for rd in r["rounds"]]
-    if all(tails):
-        lines += ["", "Where the time went at 80 % load (mean ms; server-side split from each answer): the slowest "
-                  "1 % of requests against the requests around the median.", "",
-                  "| round | band | total | queue (waiting for a thread) | decode + resize + invoke | rest of handler | "
-                  "outside handler (HTTP, event loops, loopback) |", "|---|---|---|---|---|---|---|"]
-        for i, t in enumerate(tails, 1):
-            for band in ("median_band", "slowest_1_percent"):
-                b = t[band]
-                lines.append(f"| {i} | {band.replace('_', ' ')} ({b['n']}) | {b['total']} | {b['queue']} | "
-                             f"{b['work']} | {b['handler_rest']} | {b['outside_handler']} |")
-    cpu = [(rd["in_process"]["cpu_ms_per_request"], rd["served"]["cpu_ms_per_request"]) for rd in r["rounds"]]
+        ref = rd["in_process"]
+        for name in r["method"]["routes"]:
+            x, a5, a8 = rd[name], rd[name]["at_50_percent"], rd[name]["at_80_percent"]
+            lines.append(f"| {i} | {name} | {ref['rate']}, {ref['p50_ms']} | {x['throughput']} | "
+                         f"{a5['p50_ms']} / {a5['p99_ms']} | {a8['p50_ms']} / {a8['p99_ms']}, {a8['status']} | "
+                         f"{rd['ratios']['throughput_over_in_process_' + name]} | "
+                         f"{rd['ratios']['p99_at_50_over_in_process_median_' + name]} |")
+    rt = r["ratios"]
+    lines += [""] + [f"- {name}: served / in-process throughput **{rt['throughput_over_in_process_' + name]}**, "
+                     f"p99 at 50 % load / in-process median **{rt['p99_at_50_over_in_process_median_' + name]}**, "
+                     f"p99 at 80 % / in-process median {rt['p99_at_80_over_in_process_median_' + name]} (no target)"
+                     for name in r["method"]["routes"]]
+    cpu = [(rd["in_process"]["cpu_ms_per_request"], rd[n]["served"]["cpu_ms_per_request"], n)
+           for rd in r["rounds"] for n in r["method"]["routes"]]
+    soak = {k: v["status"] for k, v in rss["soak"].items()}
     lines += [
-        "",
-        f"- served / in-process throughput (median of rounds): **{r['ratios']['throughput_served_over_in_process']}**",
-        f"- p99 at 80 % load / in-process median (median of rounds): **{r['ratios']['p99_at_80_over_in_process_median']}**",
         "- CPU per request, in-process vs served (server process + load generator, same cores): "
-        + "; ".join(f"{a} vs {b['server']} + {b['load_generator']} ms" for a, b in cpu),
-        f"- server RSS {rss['after_warmup']} MB after warm-up, {rss[after]} MB {after.replace('_', ' ')} requests: "
-        f"**{rss['growth_percent']:+.2f} %** (statuses {rss['soak']['status']})", ""]
+        + "; ".join(f"{n} {a} vs {b['server']} + {b['load_generator']} ms" for a, b, n in cpu),
+        f"- server RSS {rss['after_warmup']} MB after warm-up, {rss[after]} MB {after.replace('_', ' ')} requests "
+        f"(both routes): **{rss['growth_percent']:+.2f} %** (statuses {soak})", ""]
     return "\n".join(lines)
 
 

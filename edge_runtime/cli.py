@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .classifier import DEFAULT_TOP_K
+from .clikit import friendly, run_main, verbose_option
 from .errors import UserError
 from .image import is_image_file
 from .serve.client import ServerUnreachable
@@ -41,6 +42,8 @@ from .serve.client import ServerUnreachable
 @click.option("--server", metavar="URL", help="Classify on an edge-serve server instead (then every argument "
                                               "is an image); prints what a local run prints.")
 @click.option("--api-key", envvar="EDGE_SERVE_API_KEY", show_envvar=True, help="The server's API key.")
+@verbose_option
+@friendly
 def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold, threads, as_json, no_verify,
         video, camera, reconnect_for, max_frames, draft, benchmark, runs, server, api_key):
     """Classify IMAGES with the model in DEPLOY (the converter's folder, or a .tflite file).
@@ -56,41 +59,38 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
     """
     from .classifier import Classifier
 
-    try:
-        check_options(top_k, threshold, threads, max_frames)
-        if server:
-            sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
-        if benchmark:
-            from .benchmark import benchmark as run_bench
-            from .benchmark import format_table, save_report
-            rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
-                            runs=runs, verify=not no_verify)
-            click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))
-            saved = save_report(rep, deploy)
-            if saved and not as_json:
-                click.echo(f"saved {saved} (edgetl runs shows it beside the run)", err=True)
-            return
-        sources = [n for n, on in (("--eval", eval_src), ("--video", video), ("--camera", camera is not None)) if on]
-        if len(sources) > 1 or (sources and (images or folder)):
-            raise UserError(f"{' and '.join(sources + (['IMAGE/--dir'] if images or folder else []))} "
-                            "cannot be combined: run them one at a time")
-        if folder and not Path(folder).is_dir():
-            raise UserError(f"--dir {folder}: no such folder")
-        clf = Classifier(deploy, threads=threads, precision=precision, verify=not no_verify)
-        if draft is not None:
-            clf.draft = draft
-        if eval_src:
-            sys.exit(_eval(clf, Path(eval_src), data_root, as_json))
-        if video or camera is not None:
-            sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for=reconnect_for))
-        files = [Path(p) for p in images]
-        if folder:
-            files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
-        if not files:
-            raise UserError("nothing to classify: give IMAGE paths, --dir DIR or --eval DIR")
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    check_options(top_k, threshold, threads, max_frames)
+    if server:
+        sys.exit(_remote(server, api_key, [deploy, *images], folder, top_k, threshold, as_json))
+    if benchmark:
+        from .benchmark import benchmark as run_bench
+        from .benchmark import format_table, save_report
+        rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
+                        runs=runs, verify=not no_verify)
+        click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))
+        saved = save_report(rep, deploy)
+        if saved and not as_json:
+            click.echo(f"saved {saved} (edgetl runs shows it beside the run)", err=True)
+        return
+    sources = [n for n, on in (("--eval", eval_src), ("--video", video), ("--camera", camera is not None)) if on]
+    if len(sources) > 1 or (sources and (images or folder)):
+        raise UserError(f"{' and '.join(sources + (['IMAGE/--dir'] if images or folder else []))} "
+                        "cannot be combined: run them one at a time")
+    if folder and not Path(folder).is_dir():
+        raise UserError(f"--dir {folder}: no such folder")
+    clf = Classifier(deploy, threads=threads, precision=precision, verify=not no_verify)
+    if draft is not None:
+        clf.draft = draft
+    if eval_src:
+        sys.exit(_eval(clf, Path(eval_src), data_root, as_json))
+    if video or camera is not None:
+        sys.exit(_stream(clf, video, camera, max_frames, top_k, threshold, as_json, reconnect_for=reconnect_for))
+    files = [Path(p) for p in images]
+    if folder:
+        files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+    if not files:
+        raise UserError("nothing to classify: give IMAGE paths, --dir DIR or --eval DIR")
+
     def local(f):
         t = time.perf_counter()
         top = clf.classify(f, top_k)
@@ -142,8 +142,7 @@ def _remote(url, api_key, paths, folder, top_k, threshold, as_json) -> int:
     if folder:
         files += sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
     if not files:
-        click.echo("error: nothing to classify: give IMAGE paths or --dir DIR with --server", err=True)
-        return 2
+        raise UserError("nothing to classify: give IMAGE paths or --dir DIR with --server")
 
     def remote(f):
         top, ms, _ = classify_remote(url, f, top_k, api_key)
@@ -233,10 +232,7 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
 
 
 def main():
-    from .quiet import enable
-
-    enable()
-    cli()
+    run_main(cli)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def native_stderr(replay: bool = True, held_on_error: list | None = None):
                 sys.stderr.flush()
                 saved = os.dup(2)
                 python_stderr = sys.stderr
-                sys.stderr = _terminal_stream(saved)
+                if _writes_to_fd2(python_stderr):   # else it already goes elsewhere: leave it
+                    sys.stderr = _terminal_stream(saved)
                 os.dup2(held.fileno(), 2)
                 failed = False
                 try:
@@ -97,6 +98,15 @@ def native_stderr(replay: bool = True, held_on_error: list | None = None):
                             sys.stderr.flush()
         finally:
             _depth -= 1
+
+
+def _writes_to_fd2(stream) -> bool:
+    """Whether Python's ``stream`` writes to file descriptor 2 (a terminal or a redirect of the
+    process), rather than somewhere of its own (a host application's or a test runner's buffer)."""
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _terminal_stream(fd: int):

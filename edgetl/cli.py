@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from converter.config import ConvertConfig
+from edge_runtime.clikit import run_main, verbose_option
 from edge_runtime.errors import UserError
 from edge_runtime.outdir import claim
 from edge_runtime.settings import comma_floats, options_from
@@ -31,17 +32,9 @@ def _track_option(fn):
              'complete either way.')(fn)
 
 
-def _verbose(ctx, param, value):
-    if value:
-        from edge_runtime.quiet import show_all
-        show_all()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgetl")
-@click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=_verbose,
-              help="Show TensorFlow's, the converter's and LiteRT's own log lines (quiet by default; "
-                   "or EDGETL_VERBOSE=1).")
+@verbose_option
 def cli():
     """edgetl: folder of labelled photos -> fast, small classifier for the edge.
 
@@ -215,8 +208,11 @@ def convert(run, track, **options):
     from converter.precision import PRECISIONS
 
     chosen = [p for p in PRECISIONS if options.pop(f"precision_{p}")]
+    from edge_runtime.quiet import show_all, verbose
+
+    # one meaning of --verbose: `edgetl -v convert` and `edgetl convert --verbose` both show it all
+    options["verbose"] = options["verbose"] or verbose()
     if options["verbose"]:
-        from edge_runtime.quiet import show_all
         show_all()
     from converter.convert import convert as run_convert
 
@@ -449,11 +445,7 @@ for _command in insight_cli.COMMANDS:
 
 
 def main():
-    from edge_runtime.exit import run_command
-    from edge_runtime.quiet import enable
-
-    enable()
-    run_command(cli)   # ends without TensorFlow's 1.3 s interpreter teardown
+    run_main(cli)   # native logs quiet; ends without TensorFlow's 1.3 s interpreter teardown
 
 
 if __name__ == "__main__":

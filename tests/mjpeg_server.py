@@ -1,7 +1,10 @@
 """A network camera on loopback for the tests: an HTTP MJPEG stream (multipart/x-mixed-replace),
-as IP cameras serve it, looping over the JPEG files given, at a bounded frame rate.
+as IP cameras serve it, at a bounded frame rate. It loops over the JPEG files given, or, with
+``--follow CONTROL``, shows the JPEG file whose path the file CONTROL holds (re-read every frame,
+so a test changes the picture by rewriting CONTROL).
 
     python -m tests.mjpeg_server PORT FPS FILE.jpg [FILE.jpg ...]
+    python -m tests.mjpeg_server PORT FPS --follow CONTROL
 """
 import sys
 import time
@@ -10,7 +13,13 @@ from pathlib import Path
 
 
 def main(argv):
-    port, fps, files = int(argv[0]), float(argv[1]), [Path(p).read_bytes() for p in argv[2:]]
+    port, fps = int(argv[0]), float(argv[1])
+    if argv[2] == "--follow":
+        control = Path(argv[3])
+        next_jpeg = lambda i: Path(control.read_text().strip()).read_bytes()  # noqa: E731
+    else:
+        files = [Path(p).read_bytes() for p in argv[2:]]
+        next_jpeg = lambda i: files[i % len(files)]  # noqa: E731
 
     class Stream(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -23,7 +32,7 @@ def main(argv):
             i = 0
             try:
                 while True:
-                    jpeg = files[i % len(files)]
+                    jpeg = next_jpeg(i)
                     i += 1
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                                      + jpeg + b"\r\n")

@@ -11,7 +11,7 @@ AS_A_USER = {"TF_CPP_MIN_LOG_LEVEL": ""}     # nothing set, as on a fresh shell
 
 def test_demo_runs_end_to_end_offline_on_installed_weights_with_a_clean_stderr(tmp_path):
     r = run_cli("edgetl", "demo", "--out", tmp_path / "demo",
-                env={"EDGETL_CACHE": str(tmp_path / "cache"), **AS_A_USER})
+                env={"EDGETL_CACHE": str(tmp_path / "cache"), **AS_A_USER}, process=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "random init" not in r.stderr          # Lite0's ImageNet weights were found, no fallback
     run = tmp_path / "demo" / "run"
@@ -21,7 +21,8 @@ def test_demo_runs_end_to_end_offline_on_installed_weights_with_a_clean_stderr(t
     noise = [l for l in r.stderr.splitlines() if NATIVE_LOG.search(l)]
     assert not noise, noise[:5]
     photo = next((tmp_path / "demo" / "data" / "leopard").iterdir())
-    p = run_cli("edge-predict", run / "deploy", photo, env=AS_A_USER)
+    p = run_cli("edge-predict", run / "deploy", photo, env=AS_A_USER, process=True)
     assert p.returncode == 0 and p.stderr == "", p.stderr[-2000:]
-    v = run_cli("edgetl", "--verbose", "convert", run, "--fp32", "--out", tmp_path / "verbose", env=AS_A_USER)
+    v = run_cli("edgetl", "--verbose", "convert", run, "--fp32", "--out", tmp_path / "verbose", env=AS_A_USER,
+                process=True)
     assert v.returncode == 0 and any(NATIVE_LOG.search(l) for l in v.stderr.splitlines()), v.stderr[-2000:]

@@ -15,7 +15,8 @@ from tests.conftest import ROOT
 FLOORS = ["edge_runtime", "trainer", "converter", "benchmarks", "edgetl"]   # bottom to top
 DEVICE_PACKAGES = {"numpy", "PIL", "ai_edge_litert", "tflite_runtime", "click",
                    "cv2", "picamera2",                                         # [camera]
-                   "fastapi", "starlette", "uvicorn", "prometheus_client"}    # [serve]
+                   "fastapi", "starlette", "uvicorn", "prometheus_client",    # [serve]
+                   "grpc", "google"}                                          # [serve-grpc]: grpcio, protobuf
 
 
 def imports(path: Path) -> list[tuple[int, str]]:
@@ -84,7 +85,7 @@ def test_no_function_takes_more_than_seven_positional_parameters():
 
 def _commands():
     from converter.config import ConvertConfig
-    from edge_runtime.serve.cli import main as serve
+    from edge_runtime.serve.cli import serve
     from edge_runtime.serve.config import ServeConfig
     from edgetl.cli import cli
     from trainer.config import TrainConfig

@@ -18,7 +18,7 @@ KEYS = ASSETS / "weights" / "efficientnet_lite0_pth_keys.txt"
 
 @pytest.fixture(scope="module")
 def pth():
-    return lite.lite0_checkpoint()
+    return lite.checkpoint(0)
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def test_importer_reads_every_published_key_with_its_shape(pth):
-    sd = read_state_dict(pth, sha256=lite.LITE0_SHA256)
+    sd = read_state_dict(pth, sha256=lite.PACKAGES[0][1])
     listed = {}
     for line in KEYS.read_text().splitlines():
         if line and not line.startswith("#"):
@@ -43,8 +43,10 @@ def test_parameter_count_matches_published(variant, published):
     assert abs(m.count_params() / 1e6 - published) / published < 0.03
 
 
-def test_imagenet_command_names_the_sample_photos(cache):
-    r = run_cli("edgetl", "imagenet", *sorted(SAMPLES.glob("*.jpg")), "--backbone", "efficientnet_lite0",
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_imagenet_command_names_the_sample_photos(cache, variant):
+    """Each installed checkpoint, imported without torch, is ImageNet's own classifier."""
+    r = run_cli("edgetl", "imagenet", *sorted(SAMPLES.glob("*.jpg")), "--backbone", f"efficientnet_lite{variant}",
                 "--labels", LABELS, "--json", env={"EDGETL_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr[-2000:]
     top1 = {json.loads(ln)["file"].rsplit("/", 1)[1]: json.loads(ln)["top_k"][0]["label"]
@@ -81,7 +83,7 @@ def test_tampered_checkpoint_is_refused(pth, tmp_path):
     data[len(data) // 2] ^= 0x01
     bad.write_bytes(bytes(data))
     with pytest.raises(PthError, match="sha256"):
-        read_state_dict(bad, sha256=lite.LITE0_SHA256)
+        read_state_dict(bad, sha256=lite.PACKAGES[0][1])
 
 
 def test_truncated_checkpoint_is_refused(pth, tmp_path):
@@ -126,7 +128,7 @@ def test_not_a_checkpoint_is_refused(tmp_path):
 
 @pytest.mark.parametrize("variant", [1, 2, 3, 4])
 def test_larger_lites_train_a_step_and_export(variant, tmp_path):
-    """Random init (no offline weights for Lite1-4): one optimiser step, then a .tflite that agrees."""
+    """Random init (at 64 px, quick): one optimiser step, then a .tflite that agrees."""
     import keras
 
     from converter.convert import tflite_bytes
@@ -165,8 +167,8 @@ def test_lite0_trains_with_nothing_outside_the_installed_packages(synth_data, tm
     assert acc > 0.8   # synthetic textures: ImageNet features separate them; random ones would not
 
 
-def test_lite1_imagenet_weights_explain_how_to_get_them(synth_data, tmp_path):
-    r = run_cli("edgetl", "train", synth_data, "--out", tmp_path / "run", "--backbone", "efficientnet_lite1")
+def test_lite3_imagenet_weights_explain_how_to_get_them(synth_data, tmp_path):
+    r = run_cli("edgetl", "train", synth_data, "--out", tmp_path / "run", "--backbone", "efficientnet_lite3")
     assert r.returncode != 0
-    assert "efficientnet_lite1" in r.stderr and "--weights" in r.stderr
+    assert "efficientnet_lite3" in r.stderr and "--weights" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -4,8 +4,9 @@ with a message), never another exception. Hypothesis draws the shapes and values
 also runs on mutations of a valid document, where the bugs hide."""
 import copy
 import json
-from types import SimpleNamespace
+import struct
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -178,23 +179,25 @@ def test_damaged_predictions_are_one_user_error(tmp_path, arrays):
 
 # -- Open Inference Protocol requests ---------------------------------------------------------------
 
-GEN = SimpleNamespace(first=SimpleNamespace(size=2))
 VALID_INFER = {"id": "1", "inputs": [{"name": "image", "shape": [1, 2, 2, 3], "datatype": "UINT8",
                                       "data": list(range(12))}],
                "outputs": [{"name": "labels", "parameters": {"top_k": 2}}, {"name": "scores"}]}
 
 
-def _parse(body: bytes):
-    """The server's own request path up to inference: parse, check, build the tensor/bytes."""
-    from edge_runtime.serve.app import HTTPError, _decode_bytes, _json_request, _parse_infer, _tensor
+def _parse(body: bytes, header_length: str | None = None):
+    """The server's own request path up to inference: parse, check, build the tensor/bytes; a
+    refusal must be a 4xx (an HTTPError), never anything that would become a 500."""
+    from edge_runtime.serve.http import HTTPError
+    from edge_runtime.serve.oip_codec import ModelInput, parse_request
 
     try:
-        req = _json_request(body)
-        inp, outputs, top_k = _parse_infer(req, GEN)
-        (_decode_bytes(inp) if inp["datatype"] == "BYTES" else _tensor(inp, GEN))
-        assert type(top_k) is int and top_k >= 1
+        req = parse_request(body, header_length, ModelInput(size=2))
     except HTTPError as e:
         assert 400 <= e.status < 500
+        return None
+    assert req.batch >= 1 and all(type(o.top_k) is int and o.top_k >= 1 for o in req.outputs)
+    assert req.pixels is None or (req.pixels.dtype == np.uint8 and req.pixels.shape[1:] == (2, 2, 3))
+    return req
 
 
 @SETTINGS
@@ -209,6 +212,52 @@ def test_any_infer_body_bytes_are_accepted_or_a_4xx(body):
     _parse(body)
 
 
+def _binary_request(shape, datatype, size, payload: bytes, header_shift: int = 0) -> tuple[bytes, str]:
+    header = json.dumps({"inputs": [{"name": "image", "shape": shape, "datatype": datatype,
+                                     "parameters": {"binary_data_size": size}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + payload, str(len(header) + header_shift)
+
+
+@SETTINGS
+@given(shape=st.one_of(st.sampled_from([[1, 2, 2, 3], [2, 2, 2, 3], [1]]), st.lists(st.integers(-2, 70), max_size=5)),
+       datatype=st.sampled_from(["UINT8", "FP32", "BYTES", "INT8"]),
+       size=st.one_of(st.sampled_from([4, 8, 12, 24, 48]), st.integers(-3, 200)), payload=st.binary(max_size=160),
+       header_shift=st.one_of(st.just(0), st.integers(-30, 300)))
+def test_any_binary_infer_request_is_accepted_or_a_4xx(shape, datatype, size, payload, header_shift):
+    _parse(*_binary_request(shape, datatype, size, payload, header_shift))
+
+
+@SETTINGS
+@given(header_length=st.one_of(st.text(max_size=8), st.integers(-5, 400).map(str)), body=st.binary(max_size=120))
+def test_any_header_length_is_accepted_or_a_4xx(header_length, body):
+    _parse(body, header_length)
+
+
+def test_a_well_formed_binary_request_gives_its_pixels():
+    pixels = bytes(range(12))
+    req = _parse(*_binary_request([1, 2, 2, 3], "UINT8", 12, pixels))
+    assert req.pixels.tobytes() == pixels and req.outputs[0].binary
+
+
+@pytest.mark.parametrize("case", ["header_past_body", "size_past_data", "size_not_shape", "bytes_left_over",
+                                  "bytes_element_past_data"])
+def test_the_malformed_binary_requests_of_the_protocol_are_400(case):
+    from edge_runtime.serve.http import HTTPError
+    from edge_runtime.serve.oip_codec import ModelInput, parse_request
+
+    body, header = {
+        "header_past_body": lambda: (_binary_request([1, 2, 2, 3], "UINT8", 12, bytes(12))[0], "10000"),
+        "size_past_data": lambda: _binary_request([1, 2, 2, 3], "UINT8", 12, bytes(5)),
+        "size_not_shape": lambda: _binary_request([1, 2, 2, 3], "UINT8", 8, bytes(8)),
+        "bytes_left_over": lambda: _binary_request([1, 2, 2, 3], "UINT8", 12, bytes(20)),
+        "bytes_element_past_data": lambda: _binary_request([1], "BYTES", 8, struct.pack("<I", 99) + b"abcd"),
+    }[case]()
+    with pytest.raises(HTTPError) as e:
+        parse_request(body, header, ModelInput(size=2))
+    assert e.value.status == 400
+
+
 @pytest.mark.parametrize("change", [
     lambda r: r["inputs"][0].update(shape=[True, 2, 2, 3]),
     lambda r: r["inputs"][0].update(data=[2 ** 70] * 12),
@@ -217,25 +266,25 @@ def test_any_infer_body_bytes_are_accepted_or_a_4xx(body):
     lambda r: r["outputs"][0].update(parameters={"top_k": True}),
 ], ids=["bool-shape", "2**70", "fraction", "parameters-list", "top_k-true"])
 def test_the_reported_malformed_requests_are_400(change):
-    from edge_runtime.serve.app import HTTPError, _parse_infer, _tensor
+    from edge_runtime.serve.http import HTTPError
+    from edge_runtime.serve.oip_codec import ModelInput, parse_request
 
     req = copy.deepcopy(VALID_INFER)
     change(req)
     with pytest.raises(HTTPError) as e:
-        inp, _, _ = _parse_infer(req, GEN)
-        _tensor(inp, GEN)
+        parse_request(json.dumps(req).encode(), None, ModelInput(size=2))
     assert e.value.status == 400
 
 
 def test_1e400_and_deep_nesting_are_400():
-    from edge_runtime.serve.app import HTTPError, _json_request, _parse_infer, _tensor
+    from edge_runtime.serve.http import HTTPError
+    from edge_runtime.serve.oip_codec import ModelInput, parse_request
 
     body = json.dumps(VALID_INFER).replace('"data": [0', '"data": [1e400').encode()
     with pytest.raises(HTTPError):
-        inp, _, _ = _parse_infer(_json_request(body), GEN)
-        _tensor(inp, GEN)
+        parse_request(body, None, ModelInput(size=2))
     with pytest.raises(HTTPError):
-        _json_request(b"[" * 100_000 + b"]" * 100_000)
+        parse_request(b"[" * 100_000 + b"]" * 100_000, None, ModelInput(size=2))
 
 
 @SETTINGS

@@ -22,53 +22,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLES, run_cli
+from tests.serving import Server, free_port
 
 KEY = "s3cret-key"
 PHOTOS = sorted(SAMPLES.glob("*.jpg"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`edge-serve DEPLOY ...` in its own process; stopped (and its log shown on failure) at the end."""
-
-    def __init__(self, deploy: Path, *args, python: str = sys.executable, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(deploy).parent / f"serve-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([python, "-m", "edge_runtime.serve.cli", str(deploy), "--port", str(self.port),
-                                      *map(str, args)], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, **(env or {})})
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"edge-serve exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"edge-serve did not become ready: {self.output()}")
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-3000:]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -432,31 +389,45 @@ def test_a_server_whose_threads_fill_the_cores_pins_one_per_core(deployed, tmp_p
 
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory) -> Path:
-    """A fresh virtual environment with only `pip install .[edge,serve]`."""
+    """A fresh virtual environment with only `pip install .[edge,serve,serve-grpc]`."""
     venv = tmp_path_factory.mktemp("serve") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-c", str(ROOT / "constraints.txt"), f"{ROOT}[edge,serve]"],
+                        "-c", str(ROOT / "constraints.txt"), f"{ROOT}[edge,serve,serve-grpc]"],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     return venv
 
 
-def test_serve_extra_brings_no_tensorflow_and_serves(serve_venv, deployed, tmp_path):
+def test_serve_and_serve_grpc_extras_bring_no_tensorflow_and_serve(serve_venv, deployed, tmp_path):
     out = subprocess.run([str(serve_venv / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
                          capture_output=True, text=True, check=True).stdout.lower()
     names = {line.split("==")[0].replace("_", "-") for line in out.splitlines()}
-    assert {"fastapi", "uvicorn", "prometheus-client", "ai-edge-litert"} <= names
+    assert {"fastapi", "uvicorn", "prometheus-client", "ai-edge-litert", "grpcio", "protobuf"} <= names
     assert not {n for n in names if n.startswith(("tensorflow", "keras", "tf-keras", "tf_keras"))}
     deploy = tmp_path / "deploy"
     shutil.copytree(deployed, deploy)
-    srv = Server(deploy, "--threads", "1", python=str(serve_venv / "bin" / "python"))
+    grpc_port = free_port()
+    srv = Server(deploy, "--threads", "1", "--grpc-port", grpc_port, python=str(serve_venv / "bin" / "python"))
     try:
         r = httpx.post(f"{srv.url}/v1/classify", content=PHOTOS[0].read_bytes(),
                        headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert r.status_code == 200 and r.json()["top_k"]
+        assert _grpc_server_ready(f"127.0.0.1:{grpc_port}")
     finally:
         srv.stop()
+
+
+def _grpc_server_ready(address: str) -> bool:
+    import grpc
+
+    from edge_runtime.serve import inference_pb2 as pb
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ServerReady",
+                                   request_serializer=pb.ServerReadyRequest.SerializeToString,
+                                   response_deserializer=pb.ServerReadyResponse.FromString)
+        return call(pb.ServerReadyRequest(), timeout=30).ready
 
 
 def test_several_worker_processes_serve_and_all_take_a_swap(deployed, tmp_path):

