@@ -79,6 +79,27 @@ class BenchConfig:
         return d
 
 
+def parse_rows(text: str, default_weights: str = "imagenet") -> list[Row]:
+    """``--backbones``: a comma list of NAME[:ALPHA][@SIZE][=WEIGHTS]; a row without ``=WEIGHTS``
+    takes ``default_weights`` (so one bench can mix a weights file for one row with the installed
+    ImageNet weights of another)."""
+    rows = []
+    for spec in (s.strip() for s in text.split(",")):
+        if not spec:
+            continue
+        spec, _, weights = spec.partition("=")
+        name, _, size = spec.partition("@")
+        name, _, alpha = name.partition(":")
+        try:
+            rows.append(Row(backbone=name.strip(), alpha=float(alpha) if alpha else None,
+                            size=int(size) if size else None, weights=weights.strip() or default_weights))
+        except ValueError:
+            raise UserError(f"--backbones {spec!r}: expected NAME[:ALPHA][@SIZE][=WEIGHTS]") from None
+    if not rows:
+        raise UserError(f"--backbones {text!r} names no backbone; e.g. mobilenet_v2:0.35@128,efficientnet_lite0")
+    return rows
+
+
 def load_preset(name_or_path: str) -> BenchConfig:
     p = Path(name_or_path)
     if not p.is_file():
@@ -290,6 +311,7 @@ def _bench_row(row: Row, cfg: BenchConfig, data: str, out: Path, threads: list[i
     try:
         run, weights = _train_row(row, cfg, data, out, track)
     except UserError as e:
+        _log(f"  {row.name}: train failed: {e}")   # on the console now, not only in the table
         return [{**base, "precision": "-", "status": f"train failed: {e}"}]
     rcfg = read_config(run)
     base.update(size=rcfg.size, alpha=rcfg.alpha, weights=weights, run=str(run))
@@ -298,6 +320,7 @@ def _bench_row(row: Row, cfg: BenchConfig, data: str, out: Path, threads: list[i
         man = convert(run, cfg.precisions, out=deploy, calibration_samples=cfg.calibration_samples,
                       max_drop=100.0, force=True, threads=None, track=track)
     except UserError as e:
+        _log(f"  {row.name}: export failed: {e}")
         return [{**base, "precision": ",".join(cfg.precisions), "status": f"export failed: {e}"}]
     results = []
     for art in man["artifacts"]:

@@ -15,6 +15,15 @@ from edge_runtime.atomic import write_bytes, write_text
 
 COLUMNS = ["backbone", "size", "precision", "weights", "status", "size_mb", "top1", "class_avg", "drop_pts",
            "raw_1t_ms", "raw_1t_p90", "raw_nt_ms", "raw_nt_p90", "e2e_nt_ms", "fps", "ratio", "xnnpack"]
+DEVICE_TOP1 = "device_top1"   # a merged report's accuracy measured on the device itself
+
+
+def columns(rep: dict) -> list[str]:
+    """The table's columns: a merged report whose device measured accuracy shows it beside top1."""
+    if not any(r.get("device_accuracy") is not None for r in rep["rows"]):
+        return COLUMNS
+    i = COLUMNS.index("top1") + 1
+    return COLUMNS[:i] + [DEVICE_TOP1] + COLUMNS[i:]
 
 
 def save_report(out: Path, name: str, result: dict, md: str) -> None:
@@ -63,6 +72,7 @@ def table_rows(rep: dict) -> list[dict]:
             "weights": Path(r["weights"]).name if r.get("weights") and "/" in r["weights"] else r.get("weights", "-"),
             "status": r["status"], "size_mb": r.get("size_mb"),
             "top1": None if latency_only else r.get("accuracy"),
+            DEVICE_TOP1: None if latency_only else r.get("device_accuracy"),
             "class_avg": None if latency_only else r.get("class_avg_accuracy"),
             "drop_pts": None if latency_only else r.get("drop_points"),
             "raw_1t_ms": _lat(r, t1, "raw_ms"), "raw_1t_p90": _lat(r, t1, "raw_ms", "p90"),
@@ -156,7 +166,7 @@ def best_under_budget(rep: dict, budget_ms: float) -> dict | None:
     return max(ok, key=lambda r: (r["accuracy"], -_lat(r, tn, "end_to_end_ms")), default=None)
 
 
-_DIGITS = {"top1": 4, "class_avg": 4, "fps": 1}
+_DIGITS = {"top1": 4, DEVICE_TOP1: 4, "class_avg": 4, "fps": 1}
 
 
 def _fmt(v, col: str = "") -> str:
@@ -187,13 +197,17 @@ def markdown(rep: dict, budget_ms: float | None = None) -> str:
              f"and p90, in ms; raw = interpreter invoke only, e2e = decoded 640x480 frame -> top-k; 1t = 1 thread, "
              f"nt = {tn} threads; {rep['method']['process']}",
              f"- ratio: raw nt latency / reference ({ref['row']} {ref['precision']})" if ref else "- ratio: no reference",
-             "- accuracy: top-1 on the held-out test split through the edge runtime; '-' for latency-only rows "
-             "(no ImageNet weights offline: random init, trained on a small subset just to have a model)", ""]
+             "- accuracy: top-1 on the held-out test split through the edge runtime"
+             + ("; '-' for latency-only rows (no ImageNet weights offline: random init, trained on a small subset "
+                "just to have a model)" if any(r.get("latency_only") for r in rep["rows"]) else "")]
+    cols = columns(rep)
+    if DEVICE_TOP1 in cols:
+        lines.append(f"- {DEVICE_TOP1}: the same test photos classified on the device (`edge-predict --benchmark "
+                     "--eval`): int8 kernels round differently per instruction set")
     rows = table_rows(rep)
-    lines.append("| " + " | ".join(COLUMNS) + " |")
-    lines.append("|" + "---|" * len(COLUMNS))
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c], c) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(r[c], c) for c in cols) + " |")
     notes = traps(rep)
     if notes:
         lines += ["", "## Flags", ""] + [f"- {n}" for n in notes]
@@ -208,10 +222,11 @@ def markdown(rep: dict, budget_ms: float | None = None) -> str:
 
 def to_csv(rep: dict) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    cols = columns(rep)
+    w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     for r in table_rows(rep):
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in cols})
     return buf.getvalue()
 
 
@@ -272,11 +287,14 @@ def merge(accuracy: dict, device: dict) -> dict:
     """A bench report (box-side accuracy) with latencies measured on a device (edge-predict
     --benchmark --json), matched by the artifacts' sha256."""
     by_sha: dict[str, dict] = {}
+    device_acc = {d["sha256"]: d["accuracy"] for d in device["rows"] if d.get("accuracy") is not None}
     for d in device["rows"]:
         by_sha.setdefault(d["sha256"], {})[str(d["threads"])] = {k: d[k] for k in ("raw_ms", "end_to_end_ms", "fps")}
     rows = []
     for r in accuracy["rows"]:
         r = dict(r)
+        if r.get("sha256") in device_acc:
+            r["device_accuracy"] = device_acc[r["sha256"]]
         if r.get("sha256") in by_sha:
             r["latency"] = by_sha[r["sha256"]]
         elif r.get("status") == "ok":

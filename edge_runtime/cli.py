@@ -37,7 +37,8 @@ from .serve.client import ServerUnreachable
 @click.option("--draft/--no-draft", default=None,
               help="JPEG DCT-scaled decoding for photos (default: on when the converter verified it).")
 @click.option("--benchmark", is_flag=True,
-              help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json.")
+              help="Latency report (raw invoke and end-to-end) per thread count, also saved as DEPLOY/benchmark.json; "
+                   "with --eval, each artifact's accuracy on this device too (for `edgetl bench merge`).")
 @click.option("--runs", default=50, show_default=True, help="Timed runs per --benchmark row.")
 @click.option("--server", metavar="URL", help="Classify on an edge-serve server instead (then every argument "
                                               "is an image); prints what a local run prints.")
@@ -67,6 +68,8 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         from .benchmark import format_table, save_report
         rep = run_bench(deploy, [precision] if precision else None, [threads] if threads else None,
                         runs=runs, verify=not no_verify)
+        if eval_src:   # this device's own accuracy beside its latency (int8 kernels round per ISA)
+            _device_accuracy(rep, deploy, Path(eval_src), data_root, verify=not no_verify)
         click.echo(json.dumps(rep, indent=1) if as_json else format_table(rep))
         saved = save_report(rep, deploy)
         if saved and not as_json:
@@ -96,6 +99,20 @@ def cli(deploy, images, folder, eval_src, data_root, precision, top_k, threshold
         top = clf.classify(f, top_k)
         return top, (time.perf_counter() - t) * 1e3
     sys.exit(_classify_files(files, local, threshold, as_json, {"runtime": clf.runtime, "precision": clf.precision}))
+
+
+def _device_accuracy(rep: dict, deploy, src: Path, data_root, verify: bool) -> None:
+    """Each benchmarked artifact's accuracy on labelled photos, measured here, into its rows."""
+    from .classifier import Classifier
+
+    src, items = _eval_items(src, data_root)
+    rep["eval"] = {"source": str(src), "n": len(items)}
+    for prec in dict.fromkeys(r["precision"] for r in rep["rows"]):
+        clf = Classifier(deploy, precision=prec, verify=verify)
+        correct, scored, skipped = _score(clf, items, src)
+        for r in rep["rows"]:
+            if r["precision"] == prec:
+                r["accuracy"], r["accuracy_n"] = round(correct / scored, 6), scored
 
 
 def check_options(top_k: int, threshold: float, threads: int | None, max_frames: int | None) -> None:
@@ -197,17 +214,17 @@ def _eval_items(src: Path, data_root) -> tuple[Path, list]:
     return src, items
 
 
-def _eval(clf, src: Path, data_root, as_json) -> int:
-    """Accuracy of the artifact on labelled photos; an unreadable photo is named and skipped."""
-    src, items = _eval_items(src, data_root)
+def _score(clf, items: list, src) -> tuple[int, int, int]:
+    """(correct, scored, skipped) of the artifact on labelled photos; an unreadable photo is named
+    and skipped."""
+    from .log import Progress
+
     index = {l: i for i, l in enumerate(clf.labels)}
     unknown = sorted({c for _, c in items} - set(index))
     if unknown:
         raise UserError(f"{src}: classes {unknown} are not among the model's labels")
-    from .log import Progress
-
     correct, scored, bad = 0, 0, 0
-    bar = Progress("eval", len(items), unit="img")
+    bar = Progress(f"eval {clf.precision or clf.path.name}", len(items), unit="img")
     for p, c in items:
         bar.add()
         try:
@@ -221,6 +238,13 @@ def _eval(clf, src: Path, data_root, as_json) -> int:
     bar.finish()
     if not scored:
         raise UserError(f"{src}: none of its {len(items)} photos could be read")
+    return correct, scored, bad
+
+
+def _eval(clf, src: Path, data_root, as_json) -> int:
+    """Accuracy of the artifact on labelled photos."""
+    src, items = _eval_items(src, data_root)
+    correct, scored, bad = _score(clf, items, src)
     acc = correct / scored
     if as_json:
         click.echo(json.dumps({"eval": str(src), "n": scored, "skipped": bad, "accuracy": acc,

@@ -254,8 +254,9 @@ def imagenet(images, backbone, weights, alpha, size, labels, top_k, as_json):
 @cli.group(invoke_without_command=True)
 @click.option("--preset", help="ci | full | a preset JSON file (benchmarks/presets/).")
 @click.option("--data", help="Data folder (overrides the preset's).")
-@click.option("--backbones", help="Comma list of NAME[:ALPHA][@SIZE], e.g. mobilenet_v2:0.35@128,efficientnet_lite0.")
-@click.option("--weights", help="Weights for the --backbones rows: imagenet | none | PATH.")
+@click.option("--backbones", help="Comma list of NAME[:ALPHA][@SIZE][=WEIGHTS], e.g. "
+                                  "mobilenet_v2:0.35@128=mnv2_035.h5,efficientnet_lite0.")
+@click.option("--weights", help="Weights for the --backbones rows that name none: imagenet | none | PATH.")
 @click.option("--precisions", help="Comma list of fp32,fp16,dynamic,int8 (default: the preset's, else all four).")
 @click.option("--reuse", multiple=True, type=click.Path(file_okay=False),
               help="A trained run to use for its backbone row instead of training (repeatable).")
@@ -270,7 +271,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
     if ctx.invoked_subcommand:
         return
     require_modules("bench")
-    from benchmarks.bench import BenchConfig, Row, load_preset, run_bench
+    from benchmarks.bench import BenchConfig, load_preset, parse_rows, run_bench
     from benchmarks.report import markdown, write_report
 
     if not preset and not (data and backbones):
@@ -279,9 +280,7 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
     if data:
         cfg.data = data
     if backbones:
-        cfg.rows = [_row_spec(s, weights or "imagenet", Row) for s in backbones.split(",") if s.strip()]
-        if not cfg.rows:
-            raise UserError(f"--backbones {backbones!r} names no backbone; e.g. mobilenet_v2:0.35@128")
+        cfg.rows = parse_rows(backbones, weights or "imagenet")
     if precisions:
         from converter.convert import PRECISIONS
 
@@ -299,16 +298,6 @@ def bench(ctx, preset, data, backbones, weights, precisions, reuse, budget_ms, o
         click.echo(f"error: {len(failed)} row(s) failed: " + "; ".join(f"{r['row']} {r['precision']}: {r['status']}"
                                                                   for r in failed), err=True)
         sys.exit(1)
-
-
-def _row_spec(text: str, weights: str, Row):
-    name, _, size = text.strip().partition("@")
-    name, _, alpha = name.partition(":")
-    try:
-        return Row(backbone=name, alpha=float(alpha) if alpha else None, size=int(size) if size else None,
-                   weights=weights)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected NAME[:ALPHA][@SIZE]") from None
 
 
 @bench.command("merge")

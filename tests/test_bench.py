@@ -51,11 +51,12 @@ def test_budget_names_the_most_accurate_artifact_within_it(bench_out):
 
 @pytest.fixture(scope="module")
 def device_report(bench_out):
-    """`edge-predict DEPLOY --benchmark --json` of the first row's deploy folder, as a device writes it."""
+    """`edge-predict DEPLOY --benchmark --eval RUN --json` of the first row's deploy folder, as a
+    device writes it: latency and the device's own accuracy on the run's test photos."""
     out, _ = bench_out
     rep = json.loads((out / "report.json").read_text())
     deploy = rep["rows"][0]["file"].rsplit("/", 1)[0]
-    r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "7", "--json")
+    r = run_cli("edge-predict", deploy, "--benchmark", "--runs", "7", "--eval", rep["rows"][0]["run"], "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
 
@@ -70,6 +71,32 @@ def test_merge_uses_the_devices_latency_and_keeps_box_accuracy(bench_out, device
     merged = json.loads((tmp_path / "merged" / "pi5" / "report.json").read_text())
     assert [m["accuracy"] for m in merged["rows"]] == [x["accuracy"] for x in rep["rows"]]
     assert all(m["latency"]["1"]["raw_ms"]["runs"] == 7 for m in merged["rows"])
+    # the device's own accuracy beside the box's: this "device" is this machine, so they agree
+    for m in merged["rows"]:
+        assert abs(m["device_accuracy"] - m["accuracy"]) <= 1 / m["test_n"] + 1e-9
+    table = (tmp_path / "merged" / "pi5" / "report.md").read_text()
+    assert "| top1 | device_top1 |" in table and "device_top1" in (tmp_path / "merged" / "pi5" / "report.csv").read_text()
+    assert "latency-only" not in table            # no such rows here: no note about them
+
+
+def test_a_device_benchmark_without_eval_adds_no_accuracy_column(bench_out, tmp_path):
+    from benchmarks.report import columns, merge
+
+    rep = json.loads((bench_out[0] / "report.json").read_text())
+    device = {"machine": rep["machine"], "date": rep["date"], "method": {"runs": 7}, "rows": [
+        {"sha256": r["sha256"], "threads": 1, "raw_ms": {"median": 1.0}, "end_to_end_ms": {"median": 2.0}, "fps": 500}
+        for r in rep["rows"]]}
+    assert "device_top1" not in columns(merge(rep, device))
+
+
+def test_backbone_rows_take_their_own_weights():
+    from benchmarks.bench import parse_rows
+
+    rows = parse_rows("mobilenet_v2:0.35@128=/w/mnv2_035.h5, efficientnet_lite0@224,mobilenet_v3_small=none",
+                      default_weights="imagenet")
+    assert [(r.backbone, r.alpha, r.size, r.weights) for r in rows] == [
+        ("mobilenet_v2", 0.35, 128, "/w/mnv2_035.h5"), ("efficientnet_lite0", None, 224, "imagenet"),
+        ("mobilenet_v3_small", None, None, "none")]
 
 
 def test_pareto_front_keeps_only_undominated_points():

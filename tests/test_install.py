@@ -26,5 +26,6 @@ def test_training_commands_on_the_edge_install_name_the_extra(edge_venv, synth_d
         r = subprocess.run([str(edge_venv / "bin" / "edgetl"), *map(str, args)], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr[-2000:])
         assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "Traceback" not in r.stderr
-        assert 'pip install "edgetl[train]"' in r.stderr and f"`edgetl {args[0]}`" in r.stderr, r.stderr
+        command = "edgetl data inspect" if args[0] == "data" else f"edgetl {args[0]}"   # the whole command named
+        assert 'pip install "edgetl[train]"' in r.stderr and f"`{command}`" in r.stderr, r.stderr
     assert not (synth_data.parent / "never").exists() and not list(tmp_path.iterdir())

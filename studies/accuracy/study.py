@@ -27,6 +27,10 @@ ROWS = [  # (data set, backbone, alpha, weights file or "imagenet")
     ("cats_and_dogs_filtered", "mobilenet_v2", 1.0, "weights/mobilenet_v2_1.0_224_imagenet_no_top.h5"),
     ("cats_and_dogs_filtered", "mobilenet_v2", 0.35, "weights/mobilenet_v2_0.35_224_imagenet_no_top.h5"),
     ("cats_and_dogs_filtered", "efficientnet_lite0", None, "imagenet"),
+    ("flowers5_kaggle227", "efficientnet_lite1", None, "imagenet"),
+    ("flowers5_kaggle227", "efficientnet_lite2", None, "imagenet"),
+    ("cats_and_dogs_filtered", "efficientnet_lite1", None, "imagenet"),
+    ("cats_and_dogs_filtered", "efficientnet_lite2", None, "imagenet"),
 ]
 
 

@@ -40,13 +40,24 @@ CANDIDATES = {
         "end of the 7x7 stage": ("block_15_add",),
         "ends of the 7x7 and 14x14 stages": ("block_15_add", "block_12_add"),
     },
-    "efficientnet_lite": {
-        "final": (),
-        "last block's expansion": ("block7a_expand_activation",),
-        "end of the 7x7 stage": ("block6d_add",),
-        "ends of the 7x7 and 14x14 stages": ("block6d_add", "block5c_add"),
-    },
 }
+
+
+def lite_candidates(variant: int) -> dict[str, tuple[str, ...]]:
+    """EfficientNet-Lite's candidates, named from its stage plan (deeper variants repeat the 7x7
+    and 14x14 stages more: Lite0 ends them in block6d / block5c, Lite1 and Lite2 in block6e / block5d)."""
+    from trainer.backbones.efficientnet_lite import stage_plan
+
+    plan = stage_plan(variant)
+    end = {i + 1: f"block{i + 1}{chr(ord('a') + repeats - 1)}_add" for i, (repeats, *_) in enumerate(plan)}
+    return {"final": (), "last block's expansion": ("block7a_expand_activation",),
+            "end of the 7x7 stage": (end[6],), "ends of the 7x7 and 14x14 stages": (end[6], end[5])}
+
+
+def candidates(spec) -> dict[str, tuple[str, ...]]:
+    if spec.family == "efficientnet_lite":
+        return lite_candidates(int(spec.name[-1]))
+    return CANDIDATES[spec.family]
 
 
 def tapped_features(run: Path, layers: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -87,7 +98,7 @@ def compare(run: Path, draws: int) -> dict:
     from trainer.runs import rundir as R
 
     spec = get_backbone(R.read_json(run / R.CONFIG)["train"]["backbone"])
-    cands = CANDIDATES[spec.family]
+    cands = candidates(spec)
     layers = tuple(dict.fromkeys(n for c in cands.values() for n in c))
     t0 = time.time()
     X, y, part, cols = tapped_features(run, layers)
