@@ -86,8 +86,10 @@ def write_head(blob: bytes, head: Head, W: np.ndarray, b: np.ndarray) -> bytes:
 
 def read_tensors(blob: bytes, tensors: list[int], x: np.ndarray, threads=None) -> list[np.ndarray]:
     """Run ``blob`` on images ``x`` (N, S, S, 3, RGB 0..255) and return the named tensors for
-    every image, dequantized to float: the model's outputs are re-pointed at them, so the
-    delegate runs the graph as usual."""
+    every image, dequantized to float and flattened (N, values): the model's outputs are
+    re-pointed at them, so the delegate runs the graph as usual. Flat, because a head may read
+    a (1, 1, 1, C) map directly (a fully connected op flattens its input; MobileNetV4's pooled
+    head conv gives one)."""
     from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils as fbu
 
@@ -108,7 +110,7 @@ def read_tensors(blob: bytes, tensors: list[int], x: np.ndarray, threads=None) -
         for r, o in zip(rows, outs):
             val = it.get_tensor(o["index"])[0].astype(np.float32)
             s, z = o["quantization"]
-            r.append((val - z) * s if s else val)
+            r.append(((val - z) * s if s else val).reshape(-1))
     return [np.stack(r) if r else np.zeros((0,), np.float32) for r in rows]
 
 

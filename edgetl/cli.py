@@ -422,10 +422,12 @@ def backbones_cmd():
     """List the backbone registry."""
     from trainer.backbones import REGISTRY, names
 
+    width = max(map(len, names()))
     for n in names():
         b = REGISTRY[n]
         taps = f"  taps {','.join(b.taps)}" if b.taps else ""
-        click.echo(f"{n:<20} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} {b.weights_source}{taps}")
+        click.echo(f"{n:<{width}} {b.default_size:>4}px  alphas {','.join(map(str, b.alphas)):<26} "
+                   f"{b.weights_source}{taps}")
     click.echo("hub:<handle-or-SavedModel-dir>  TF Hub image feature vector (frozen)")
 
 

@@ -127,3 +127,10 @@ def test_serve_load_drives_v1_and_the_binary_oip_route_and_reports_both(deployed
         assert report["ratios"][f"throughput_over_in_process_{route}"] > 0
     assert sum(s["requests"] for s in report["rss_mb"]["soak"].values()) == 40
     assert "oip_binary" in next(tmp_path.glob("*.md")).read_text()
+
+
+def test_the_first_line_edge_serve_prints_is_its_own(served):
+    """LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" is held back (--verbose shows it)."""
+    lines = served.output().splitlines()
+    assert lines[0].startswith("edge-serve: textures from ") and "and grpc://127.0.0.1:" in lines[0], lines[:3]
+    assert not any("TensorFlow Lite" in line or "XNNPACK" in line for line in lines), lines[:5]

@@ -94,6 +94,10 @@ def preprocessing_layer(kind: str):
         return keras.layers.Rescaling(1 / 255.0, name="preprocess")
     if kind == "lite":           # EfficientNet-Lite checkpoints: (x - 127) / 128
         return keras.layers.Rescaling(1 / 128.0, offset=-127.0 / 128.0, name="preprocess")
+    if kind == "imagenet_std":   # timm's checkpoints: (x / 255 - ImageNet mean) / ImageNet std, per channel
+        mean = [255 * m for m in (0.485, 0.456, 0.406)]
+        variance = [(255 * s) ** 2 for s in (0.229, 0.224, 0.225)]
+        return keras.layers.Normalization(mean=mean, variance=variance, name="preprocess")
     if kind == "internal":       # the Keras application rescales/normalises inside itself
         return None
     raise ValueError(kind)
@@ -147,4 +151,4 @@ def keras_app_builder(app: str, name: str, top: bool = False, **fixed):
 
 
 # Every family, imported explicitly (each module registers its members).
-from . import efficientnet, efficientnet_lite, mobilenet  # noqa: E402,F401
+from . import efficientnet, efficientnet_lite, mobilenet, mobilenet_v4  # noqa: E402,F401
