@@ -71,15 +71,17 @@ def test_offline_imagenet_weights_name_the_file_to_fetch(synth_data, tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_each_variant_trains_converts_to_int8_and_runs_fully_delegated(variant, synth_data, tmp_path):
-    """Random init (no checkpoint offline) at 64 px: trained, converted and verified, its int8
-    graph in one XNNPACK partition."""
+    """Random init (no checkpoint offline) at 64 px: trained, converted to plain full int8 (what an
+    NPU runs: no layer kept in float) and verified, its graph in one XNNPACK partition. A random
+    model's int8 accuracy judges nothing, so the verification is recorded, not gated."""
     run = tmp_path / "run"
     r = run_cli("edgetl", "train", synth_data, "--out", run, "--backbone", f"mobilenet_v4_conv_{variant}",
                 "--size", "64", "--weights", "none")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = run_cli("edgetl", "convert", run, "--int8")
+    r = run_cli("edgetl", "convert", run, "--int8", "--no-int8-recovery", "--max-drop", "100")
     assert r.returncode == 0, r.stderr[-3000:]
     int8 = next(a for a in json.loads((run / "deploy" / "manifest.json").read_text())["artifacts"]
                 if a["precision"] == "int8")
+    assert 0 <= int8["verification"]["accuracy"] <= 1 and 0 <= int8["verification"]["agreement"] <= 1
     # every op in XNNPACK but the step into the float probabilities at the end (converter._BY_DESIGN)
     assert set(int8["verification"]["not_delegated"]) <= {"QUANTIZE", "DEQUANTIZE", "SOFTMAX"}, int8["verification"]

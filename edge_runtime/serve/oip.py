@@ -45,16 +45,18 @@ def router(state) -> APIRouter:
         state.check_model(model)
         return {"name": state.name, "ready": True}
 
-    @router.post("/v2/models/{model}/infer")
-    async def model_infer(model: str, request: Request):
-        return await _infer_v2(model, None, request)
+    # The infer routes read their path by hand (as /v1/classify reads its query): FastAPI's
+    # parameter validation is a visible share of a small model's request.
+    @router.post("/v2/models/{model}/infer", summary="Infer (JSON or binary tensor data)")
+    async def model_infer(request: Request):
+        return await _infer_v2(request)
 
-    @router.post("/v2/models/{model}/versions/{version}/infer")
-    async def model_infer_version(model: str, version: str, request: Request):
-        return await _infer_v2(model, version, request)
+    @router.post("/v2/models/{model}/versions/{version}/infer", summary="Infer on a model version")
+    async def model_infer_version(request: Request):
+        return await _infer_v2(request)
 
-    async def _infer_v2(model: str, version: str | None, request: Request):
-        gen = state.check_model(model, version)
+    async def _infer_v2(request: Request):
+        gen = state.check_model(request.path_params["model"], request.path_params.get("version"))
         try:
             body = await state.read_body(request)
         except ClientDisconnect:

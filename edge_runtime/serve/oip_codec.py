@@ -269,18 +269,17 @@ def response_parts(req: InferRequest, scores: np.ndarray, labels: list[str], met
     for o in req.outputs:
         if o.name == "scores":
             tensor = {"name": "scores", "datatype": "FP32", "shape": list(scores.shape)}
-            values, blob = [round(float(v), 6) for v in scores.ravel()], scores.tobytes()
         else:
             k = min(o.top_k, scores.shape[1])
             order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
             names = [labels[i] for i in order.ravel()]
             tensor = {"name": "labels", "datatype": "BYTES", "shape": [scores.shape[0], k]}
-            values, blob = names, bytes_tensor(names)
         if o.binary:
+            blob = scores.tobytes() if o.name == "scores" else bytes_tensor(names)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = values
+            tensor["data"] = [round(float(v), 6) for v in scores.ravel()] if o.name == "scores" else names
         outs.append(tensor)
     doc = {**meta, "outputs": outs}
     if req.id is not None:
