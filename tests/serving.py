@@ -23,7 +23,7 @@ class Server:
     """`edge-serve DEPLOY ...` in its own process; stopped (and its log shown on failure) at the end."""
 
     def __init__(self, deploy: Path, *args, python: str = sys.executable, env: dict | None = None):
-        self.deploy, self.port, self.args = Path(deploy), free_port(), [str(a) for a in args]
+        self.deploy, self.port = Path(deploy), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(deploy).parent / f"serve-{self.port}.log", "w+")
         self.proc = subprocess.Popen([python, "-m", "edge_runtime.serve.cli", str(deploy), "--port", str(self.port),

@@ -35,13 +35,18 @@ def client_python(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(deployed, tmp_path_factory):
-    deploy = tmp_path_factory.mktemp("oip") / "deploy"
-    shutil.copytree(deployed, deploy)
-    srv = Server(deploy, "--threads", "2", "--queue", "4", "--api-key", KEY, "--name", "textures",
-                 "--grpc-port", free_port())
-    srv.address = {"http": f"127.0.0.1:{srv.port}", "grpc": f"127.0.0.1:{srv.args[srv.args.index('--grpc-port') + 1]}"}
+    srv = _serve(deployed, tmp_path_factory.mktemp("oip"), "--threads", "2", "--queue", "4")
     yield srv
     srv.stop()
+
+
+def _serve(deployed, folder: Path, *limits) -> Server:
+    """A copy of the deploy folder served over HTTP and gRPC with the API key; ``address`` per protocol."""
+    shutil.copytree(deployed, folder / "deploy")
+    grpc_port = free_port()
+    srv = Server(folder / "deploy", *limits, "--api-key", KEY, "--name", "textures", "--grpc-port", grpc_port)
+    srv.address = {"http": f"127.0.0.1:{srv.port}", "grpc": f"127.0.0.1:{grpc_port}"}
+    return srv
 
 
 def _client(python: Path, *args) -> dict:
@@ -96,11 +101,7 @@ def test_the_client_with_its_defaults_reads_metadata_and_infers_like_the_classif
 @pytest.fixture(scope="module")
 def one_at_a_time(deployed, tmp_path_factory):
     """A server that runs one request at a time and keeps none waiting."""
-    deploy = tmp_path_factory.mktemp("oip-full") / "deploy"
-    shutil.copytree(deployed, deploy)
-    srv = Server(deploy, "--threads", "1", "--queue", "0", "--api-key", KEY, "--name", "textures",
-                 "--grpc-port", free_port())
-    srv.address = {"http": f"127.0.0.1:{srv.port}", "grpc": f"127.0.0.1:{srv.args[srv.args.index('--grpc-port') + 1]}"}
+    srv = _serve(deployed, tmp_path_factory.mktemp("oip-full"), "--threads", "1", "--queue", "0")
     yield srv
     srv.stop()
 

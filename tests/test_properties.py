@@ -301,3 +301,18 @@ def test_a_damaged_device_benchmark_never_stops_the_run_listing(tmp_path_factory
     _write(run / "metrics.json", VALID_METRICS)
     _write(run / "deploy" / "benchmark.json", report)
     assert [r.accuracy for r in list_runs([root])] == [0.9]
+
+
+@SETTINGS
+@given(header=st.one_of(json_values, st.dictionaries(st.text(max_size=5), json_values, max_size=3)),
+       tail=st.binary(max_size=32), length_shift=st.integers(-4, 4))
+def test_any_safetensors_file_is_read_or_refused_with_a_user_error(tmp_path_factory, header, tail, length_shift):
+    from trainer.backbones.safetensors import read_safetensors
+
+    head = json.dumps(header).encode()
+    path = tmp_path_factory.mktemp("st") / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", max(0, len(head) + length_shift)) + head + tail)
+    try:
+        read_safetensors(path)
+    except UserError:
+        pass

@@ -130,6 +130,20 @@ def _load_weights_file(model, path: str, name: str):
     return model
 
 
+def assign(model, arrays: dict[str, list], source: str) -> None:
+    """Set every layer of ``model`` that has weights from ``arrays`` (shapes must agree)."""
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in arrays:
+            raise BackboneError(f"{source}: no weights for layer {layer.name}")
+        want = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays[layer.name]]
+        if want != got:
+            raise BackboneError(f"{source}: layer {layer.name} expects {want}, the file has {got}: wrong variant")
+        layer.set_weights(arrays[layer.name])
+
+
 def keras_app_builder(app: str, name: str, top: bool = False, **fixed):
     """Builder for the keras.applications model ``app`` (class name) with chosen weights: no top,
     global average pooling, or (``top``) the ImageNet classifier ending in logits. Keras is

@@ -22,7 +22,7 @@ import numpy as np
 from edge_runtime.atomic import replacing
 
 from ..data.tfds_source import cache_root
-from . import Backbone, BackboneError, _load_weights_file, register
+from . import Backbone, BackboneError, _load_weights_file, assign, register
 
 #  variant: (width, depth, resolution, dropout)
 VARIANTS = {
@@ -159,20 +159,6 @@ def keras_arrays_from_torch(sd: dict[str, np.ndarray], model) -> dict[str, list[
         out[pre + "project_conv"] = [conv(sd[t + "_project_conv.weight"])]
         out[pre + "project_bn"] = bn(t + "_bn2")
     return out
-
-
-def assign(model, arrays: dict[str, list[np.ndarray]], source: str) -> None:
-    """Set every layer of ``model`` that has weights from ``arrays`` (shapes must agree)."""
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in arrays:
-            raise BackboneError(f"{source}: no weights for layer {layer.name}")
-        want = [tuple(w.shape) for w in layer.weights]
-        got = [tuple(a.shape) for a in arrays[layer.name]]
-        if want != got:
-            raise BackboneError(f"{source}: layer {layer.name} expects {want}, the file has {got}: wrong variant")
-        layer.set_weights(arrays[layer.name])
 
 
 def checkpoint(variant: int) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Backbone, BackboneError, register
+from . import Backbone, BackboneError, assign, register
 
 BN_EPS = 1e-5
 HEAD = 1280
@@ -211,17 +211,6 @@ def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
         return read_safetensors(path)
     from .pth import read_state_dict
     return read_state_dict(path)
-
-
-def assign(model, arrays: dict[str, list[np.ndarray]], source: str) -> None:
-    for layer in model.layers:
-        if not layer.weights or layer.name not in arrays:
-            continue
-        want = [tuple(w.shape) for w in layer.weights]
-        got = [tuple(a.shape) for a in arrays[layer.name]]
-        if want != got:
-            raise BackboneError(f"{source}: layer {layer.name} expects {want}, the file has {got}: wrong variant")
-        layer.set_weights(arrays[layer.name])
 
 
 def imagenet_checkpoint(variant: str) -> Path:

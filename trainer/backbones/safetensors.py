@@ -34,8 +34,10 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
                                "a safetensors file")
     try:
         header = json.loads(data[8:8 + n])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise SafetensorsError(f"{path}: header is not JSON: not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: header is not a JSON object: not a safetensors file")
     body = memoryview(data)[8 + n:]
     out = {}
     for name, info in header.items():
@@ -48,6 +50,8 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
 def _tensor(path: Path, name: str, info: dict, body: memoryview) -> np.ndarray:
     try:
         dtype, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        if not all(type(v) is int and v >= 0 for v in (*shape, start, end)):
+            raise ValueError
     except (KeyError, TypeError, ValueError):
         raise SafetensorsError(f"{path}: tensor {name} has no dtype/shape/offsets: damaged header") from None
     if not 0 <= start <= end <= len(body):
