@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from converter.gate import ALPHA
+from converter.precision import INT8
 from edge_runtime.atomic import write_json
 from edge_runtime.errors import UserError
 from edge_runtime.log import log as _log
@@ -244,12 +245,13 @@ def gate(row: dict, cfg: BenchConfig) -> str:
     if row.get("latency_only") and row.get("weights") == "random init":
         return "ok"
     g = row.get("gate")
-    if row["precision"] == "int8" and g and g["drop_points"] > cfg.max_int8_drop and g["p_value"] < ALPHA:
+    full_int8 = row["precision"] in INT8
+    if full_int8 and g and g["drop_points"] > cfg.max_int8_drop and g["p_value"] < ALPHA:
         # the converter's paired gate (converter.gate) at this preset's budget: a photo or two on a
         # small split is not a failure
-        return (f"verification failed: int8 lost {g['lost']} and gained {g['gained']} of {g['n']} photos "
+        return (f"verification failed: {row['precision']} lost {g['lost']} and gained {g['gained']} of {g['n']} photos "
                 f"(drop {g['drop_points']:.2f} pts > {cfg.max_int8_drop}, McNemar p {g['p_value']:.3g})")
-    if row["precision"] == "int8" and row["agreement"] < cfg.min_agreement:
+    if full_int8 and row["agreement"] < cfg.min_agreement:
         return f"verification failed: agreement {row['agreement']:.3f} < {cfg.min_agreement}"
     return "ok"
 

@@ -88,13 +88,13 @@ def table_rows(rep: dict) -> list[dict]:
 
 # how much slower than fp32 a precision must be to be flagged; fp16 runs the very same float32
 # kernels after load, so any gap under 25 % is noise
-_SLOWER = {"int8": 1.10, "dynamic": 1.10, "fp16": 1.25}
+_SLOWER = {"int8": 1.10, "int8-qat": 1.10, "dynamic": 1.10, "fp16": 1.25}
 # boundary ops of a uint8/int8-I/O model: outside XNNPACK, but a single cheap pass over the input
 _BOUNDARY = {"QUANTIZE", "DEQUANTIZE"}
 
 
 def _why_slower(precision: str, not_delegated: list[str], isa: str = "unknown") -> str:
-    if precision == "int8":
+    if precision in ("int8", "int8-qat"):
         inner = sorted(set(not_delegated) - _BOUNDARY)
         if inner:
             return f"{', '.join(inner)} not delegated: it runs on TFLite's reference int8 kernels"
@@ -127,7 +127,7 @@ def traps(rep: dict) -> list[str]:
     for name, precs in by.items():
         fp32 = _lat(precs.get("fp32"), tn, "raw_ms") if "fp32" in precs else None
         fp32_p90 = _lat(precs.get("fp32"), tn, "raw_ms", "p90") if "fp32" in precs else None
-        for p in ("int8", "dynamic", "fp16"):
+        for p in ("int8", "int8-qat", "dynamic", "fp16"):
             ms = _lat(precs.get(p), tn, "raw_ms") if p in precs else None
             # medians taken minutes apart on a shared machine: only a gap beyond fp32's own spread counts
             if fp32 and ms and ms > fp32 * _SLOWER[p] and ms > (fp32_p90 or fp32):
@@ -241,7 +241,7 @@ def plot(rep: dict, path: Path) -> bool:
     pts = [(r, _lat(r, tn, "raw_ms")) for r in rep["rows"]
            if r.get("status") == "ok" and not r.get("latency_only") and _lat(r, tn, "raw_ms")]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "D"}
+    markers = {"fp32": "o", "fp16": "s", "dynamic": "^", "int8": "D", "int8-qat": "P"}
     # colour = backbone row, marker = precision: fp32/fp16 pairs sit on top of each other, so
     # points carry no text and the legend names both
     names = list(dict.fromkeys(r["row"] for r, _ in pts))

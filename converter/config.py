@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from edge_runtime.settings import NON_NEGATIVE, Range, check_ranges, opt
+from edge_runtime.settings import NON_NEGATIVE, POSITIVE, Range, check_ranges, opt
 
 from .precision import IO_TYPES, PRECISIONS
 
@@ -31,6 +31,14 @@ class ConvertConfig:
     int8_recovery: bool = opt(True, "Plain full-int8: do not keep the most sensitive layers in float even when "
                                     "int8 disagrees with float on more than 1 % of validation images.",
                               flag="--no-int8-recovery")
+    qat: bool = opt(False, "Also build int8-qat: a quantization-aware fine-tune of the run's network on its train "
+                           "split (batch norm folded, int8 weights and activations simulated, distilled from the "
+                           "float model), converted with the ranges it learned. Both int8 files are verified; the "
+                           "one that agrees more with float on the validation split is the default. Takes minutes "
+                           "on a CPU (about a minute per epoch for MobileNetV2 0.35@128 on 3,000 photos, 2 cores).",
+                    flag="--qat")
+    qat_epochs: int = opt(2, "Fine-tune epochs of --qat (the best epoch on validation is kept).", range=Range(1))
+    qat_lr: float = opt(1e-5, "Adam learning rate of --qat.", range=POSITIVE)
     data_root: str | None = opt(None, "Where the run's data folder lives now, if it moved after training.")
     threads: int | None = field(default=None, metadata={"cli": False})
     track: str | None = field(default=None, metadata={"cli": False})   # the shared --track option
@@ -41,6 +49,8 @@ class ConvertConfig:
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown or not self.precisions:
             raise UserError(f"precision {', '.join(map(str, unknown)) or '(none)'}: choose from {', '.join(PRECISIONS)}")
+        if self.qat:
+            self.precisions = (*self.precisions, "int8", "int8-qat")
         self.precisions = tuple(p for p in PRECISIONS if p in self.precisions)   # registry order
         check_ranges(self)
 

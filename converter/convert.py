@@ -19,32 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.atomic import replacing_dir, write_bytes
-from edge_runtime.classifier import Classifier
 from edge_runtime.errors import UserError
-from edge_runtime.interpreter import graph_report
 from edge_runtime.log import log as _log
 from edge_runtime.manifest import FORMAT, NAME, sha256_file
 from edge_runtime.quiet import native_stderr
 from trainer.export import export_saved_model
-from trainer.metrics import class_averaged_accuracy
 from trainer.runs import rundir as R
 
 from .config import DEFAULT_PRECISIONS, ConvertConfig
 from .deploy_folder import deploy_target
-from .gate import SMALL_SPLIT, judge
+from .gate import SMALL_SPLIT
 from .gate import summary as gate_summary
 from .precision import FILES as PRECISION_FILES
-from .precision import PRECISIONS, REGISTRY
-
-
-def check_tensor_types(interpreter, precision: str, io: str, path: Path) -> None:
-    """Refuse an artifact whose tensors are not what its precision promises (e.g. a float32
-    model called int8 because calibration saw no data), before it is recorded."""
-    kinds = {np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    i = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
-    if not REGISTRY[precision].valid(kinds, i, io):
-        raise UserError(f"{path}: the converter produced {i} input and tensors of {sorted(kinds)}, which is not a "
-                        f"valid {precision} artifact; not recorded (check --calibration-samples and the run)")
+from .precision import INT8, PRECISIONS, REGISTRY
+from .verify import check_tensor_types, default_precision, int8_candidates, mark_failures, verify  # noqa: F401
 
 
 def _converter(saved_model: Path, precision: str, io: str, calib):
@@ -65,17 +53,6 @@ def tflite_bytes(model, precision: str = "fp32", io: str = "uint8", calib=None) 
 
 def _atomic_write(path: Path, data: bytes):
     write_bytes(path, data, durable=True)
-
-
-def default_precision(artifacts: list[dict]) -> str | None:
-    """int8 when it passed verification, else the first that passed (fp32, fp16, dynamic order);
-    None when none did: a rejected artifact is never what a device loads by default."""
-    from edge_runtime.manifest import failed_verification
-
-    ok = [a["precision"] for a in artifacts if not failed_verification(a)]
-    if "int8" in ok:
-        return "int8"
-    return next((p for p in PRECISIONS if p in ok), None)
 
 
 class _Interrupted:
@@ -252,6 +229,26 @@ def _artifact_bytes(src: Path, prec: str, io: str, calib, ref: Reference, labels
         raise conversion_failure(run, prec, str(e), "".join(held)) from None
 
 
+def _qat_bytes(job: _Job, cfg: ConvertConfig):
+    """int8-qat: the quantization-aware fine-tune on the run's train split (converter.qat)."""
+    from trainer.data.pipeline import load_arrays
+
+    from .qat import QatSettings, quantization_aware
+
+    paths, _ = job.split.paths_labels("train")
+    x_train = load_arrays(paths, job.size, job.method)
+    settings = QatSettings(epochs=cfg.qat_epochs, learning_rate=cfg.qat_lr)
+    held: list[str] = []
+    try:
+        with native_stderr(replay=False, held_on_error=held):
+            return quantization_aware(job.model, x_train, job.ref.x_val, job.x_calib, cfg.io, settings,
+                                      x_test=job.ref.x_test, y_test=job.ref.test_y, log=_log)
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here has one meaning for the user
+        raise conversion_failure(job.run, "int8-qat", str(e), "".join(held)) from None
+
+
 def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> UserError:
     """One line naming the op and layer the converter rejected; the full text in RUN/deploy.log."""
     from .failure import summarize, write_log
@@ -262,65 +259,6 @@ def conversion_failure(run: Path, prec: str, error: str, native_log: str) -> Use
     except OSError:
         where = "run with --verbose for the full converter output"
     return UserError(f"{run}: {prec} conversion failed: {summarize(text)}; {where}")
-
-
-# what an int8 model keeps outside XNNPACK on purpose: its probabilities (SOFTMAX in float) and the
-# conversions around them; they cost microseconds, the convolutions all run delegated
-_BY_DESIGN = {"QUANTIZE", "DEQUANTIZE", "SOFTMAX"}
-
-
-def delegation_text(rep: dict) -> str:
-    """Which ops XNNPACK runs, for the summary line, and why the rest does not matter (when so)."""
-    if rep["fully_delegated"]:
-        return "XNNPACK runs every op"
-    rest = ", ".join(rep["not_delegated"]) or "?"
-    why = (" (the step into the float probabilities at the end, by design; microseconds)"
-           if set(rep["not_delegated"]) <= _BY_DESIGN else "")
-    return f"XNNPACK runs all but {rest}{why}"
-
-
-def verify(path: Path, prec: str, io: str, ref: Reference, labels: list[str], method: str, threads, *, secs: float,
-           choice, max_drop: float = 1.0) -> dict:
-    """The manifest entry of one written artifact: checked tensor types, test-split accuracy and
-    agreement with Keras through the device's own Classifier, draft decoding, delegation."""
-    clf = Classifier(path, threads=threads, labels=labels)
-    check_tensor_types(clf.interpreter, prec, io, path)   # else the whole stage is dropped
-    clf.resize_method, clf.probabilities = method, True
-    y, n = ref.test_y, len(ref.test_y)
-    pred = clf.top1(ref.x_test, label=f"verifying {prec}")
-    acc = float((pred == y).mean()) if n else 0.0
-    pred_d = pred.copy()
-    if len(ref.draft_changed):
-        pred_d[ref.draft_changed] = clf.top1(ref.x_draft_changed)
-    acc_d = float((pred_d == y).mean()) if n else 0.0
-    if ref.val_keras_pred is not None:   # a small test split: the gate judges test + validation pairs
-        val_pred = clf.top1(ref.x_val, label=f"verifying {prec} (validation)")
-        gate = judge(np.concatenate([y, ref.val_y]), np.concatenate([ref.keras_pred, ref.val_keras_pred]),
-                     np.concatenate([pred, val_pred]), max_drop, "test+val")
-    else:
-        gate = judge(y, ref.keras_pred, pred, max_drop, "test")
-    rep = graph_report(clf.interpreter)
-    i = clf.interpreter.get_input_details()[0]
-    o = clf.interpreter.get_output_details()[0]
-    ver = {"split": "test", "n": int(n), "accuracy": acc, "keras_accuracy": ref.keras_acc,
-           "class_avg_accuracy": class_averaged_accuracy(y, pred),
-           "drop_points": round(100 * (ref.keras_acc - acc), 3),
-           "agreement": float((pred == ref.keras_pred).mean()) if n else 1.0,
-           "conversion_s": round(secs, 2), "gate": gate,
-           "jpeg_draft": {"accuracy": acc_d, "agreement_with_full_decode": float((pred_d == pred).mean()) if n else 1.0,
-                          "changed_images": int(len(ref.draft_changed))},
-           **rep}
-    _log(f"{prec:8s} {path.stat().st_size / 1e6:6.2f} MB  accuracy {acc:.4f} (Keras {ref.keras_acc:.4f}, "
-         f"agreement {ver['agreement']:.4f})  {delegation_text(rep)}  {secs:.1f}s\n         {gate_summary(gate)}")
-    return {
-        "file": path.name, "precision": prec, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-        "input": {"dtype": np.dtype(i["dtype"]).name, "scale": float(i["quantization"][0]),
-                  "zero_point": int(i["quantization"][1]), "shape": [int(s) for s in i["shape"]]},
-        "output": {"dtype": np.dtype(o["dtype"]).name, "scale": float(o["quantization"][0]),
-                   "zero_point": int(o["quantization"][1]), "probabilities": True},
-        "metadata": {"tflite_metadata": True, "embedded_files": ["labels.txt", "edgetl.json"]},
-        "verification": ver,
-        **({"quantization": choice.to_dict()} if choice else {})}
 
 
 def build_manifest(run: Path, cfg, labels: list[str], size: int, method: str, io: str, max_drop: float,
@@ -343,17 +281,6 @@ def build_manifest(run: Path, cfg, labels: list[str], size: int, method: str, io
     }
 
 
-def mark_failures(artifacts: list[dict], max_drop: float) -> list[dict]:
-    """Record each artifact's verdict from its paired-prediction gate (converter.gate; the device
-    refuses a failed one as its default); returns the failed ones."""
-    failed = [a for a in artifacts if a["verification"]["gate"]["verdict"] == "failed"]
-    for a in artifacts:
-        a["verification"]["status"] = "failed" if a in failed else "passed"
-        if a in failed:
-            a["verification"]["failure"] = gate_summary(a["verification"]["gate"])
-    return failed
-
-
 @dataclass
 class _Job:
     """One conversion's inputs, read and checked before anything is written."""
@@ -371,6 +298,7 @@ class _Job:
     heldout: tuple | None
     x_calib: np.ndarray | None
     ref: Reference
+    split: object = None     # trainer.data.split.Split (QAT reads the train split)
 
 
 def convert(run: Path, precisions=DEFAULT_PRECISIONS, **settings) -> dict:
@@ -417,13 +345,13 @@ def _prepare(run: Path, cfg: ConvertConfig) -> _Job:
     method = R.read_resize(run)
     split = Split.of_run(run, cfg.data_root)
     calib_paths, per_class = stratified_sample(*split.paths_labels("train"), cfg.calibration_samples)
-    int8 = "int8" in cfg.precisions
-    heldout = heldout_head(run, model) if int8 else None
+    int8 = any(p in INT8 for p in cfg.precisions)
+    heldout = heldout_head(run, model) if "int8" in cfg.precisions else None
     return _Job(run=run, out=out, target=target, config=config, labels=labels, model=model, size=size,
                 method=method, fingerprint=weights_fingerprint(model), calib_paths=calib_paths,
                 per_class=per_class, heldout=heldout,
                 x_calib=load_arrays(calib_paths, size, method) if int8 else None,
-                ref=reference(model, split, size, method, need_val=int8, heldout=heldout))
+                ref=reference(model, split, size, method, need_val=int8, heldout=heldout), split=split)
 
 
 def _artifacts(job: _Job, cfg: ConvertConfig, stage: Path, interrupted) -> list[dict]:
@@ -445,10 +373,13 @@ def _artifacts(job: _Job, cfg: ConvertConfig, stage: Path, interrupted) -> list[
             interrupted.check()
             t0 = time.time()
             calib = representative_dataset(job.x_calib) if prec == "int8" else None
-            blob, choice = _artifact_bytes(src, prec, cfg.io, calib, job.ref, job.labels, cfg.threads,
-                                           int8_recovery=cfg.int8_recovery, verbose=cfg.verbose, run=job.run,
-                                           twin=twin, x_calib=job.x_calib)
-            blob = populate(blob, job.labels, job.size, cfg.io if prec == "int8" and cfg.io != "float" else "float32",
+            if prec == "int8-qat":
+                blob, choice = _qat_bytes(job, cfg)
+            else:
+                blob, choice = _artifact_bytes(src, prec, cfg.io, calib, job.ref, job.labels, cfg.threads,
+                                               int8_recovery=cfg.int8_recovery, verbose=cfg.verbose, run=job.run,
+                                               twin=twin, x_calib=job.x_calib)
+            blob = populate(blob, job.labels, job.size, cfg.io if prec in INT8 and cfg.io != "float" else "float32",
                             probabilities=True, resize=job.method, name=f"edgetl {job.config.backbone_name} {prec}",
                             description=f"image classifier over {len(job.labels)} classes, trained by edgetl")
             path = stage / REGISTRY[prec].file
@@ -456,6 +387,9 @@ def _artifacts(job: _Job, cfg: ConvertConfig, stage: Path, interrupted) -> list[
             a = verify(path, prec, cfg.io, job.ref, job.labels, job.method, cfg.threads, secs=time.time() - t0,
                        choice=choice, max_drop=cfg.max_drop)
             artifacts.append({**a, "model_fingerprint": job.fingerprint})
+            if prec == "int8-qat" and choice.keras_test_accuracy is not None:
+                _log(f"         the fake-quant Keras network scored {choice.keras_test_accuracy:.4f} on the same "
+                     f"photos (the file: {a['verification']['accuracy']:.4f})")
     return artifacts
 
 
@@ -471,7 +405,12 @@ def _manifest(job: _Job, cfg: ConvertConfig, stage: Path, artifacts: list[dict])
                       {a["precision"] for a in artifacts})
     manifest["artifacts"] = sorted(kept + artifacts, key=lambda a: PRECISIONS.index(a["precision"]))
     failed = mark_failures(artifacts, cfg.max_drop)
-    manifest["default"] = default_precision(manifest["artifacts"])
+    x_val = job.ref.x_val if job.ref.x_val is not None else np.zeros((0, job.size, job.size, 3), np.uint8)
+    keras_val = job.ref.val_keras_pred if job.ref.val_keras_pred is not None else _predict(job.model, x_val)
+    candidates = int8_candidates(stage, artifacts, x_val, keras_val, job.labels, cfg.threads)
+    if candidates:
+        manifest["int8_candidates"] = candidates
+    manifest["default"] = default_precision(manifest["artifacts"], candidates)
     R.write_json(stage / NAME, manifest)
     return manifest, failed
 

@@ -216,6 +216,8 @@ def quantize_with_recovery(converter, io: str, x_val: np.ndarray, y_val: np.ndar
         if floats:
             log(f"int8 recovery: {len(floats)} layer(s) kept in float -> validation agreement "
                 f"{chosen['agreement']:.4f}")
+        if chosen["agreement"] < target:
+            log("int8 recovery: below the target; quantization-aware training may reach it (edgetl convert RUN --qat)")
         if ship_converter is not None:
             shipped = calibrate(ship_converter)
             plain = _quantize(shipped, io, [])

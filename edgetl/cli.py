@@ -192,7 +192,7 @@ def _precision_flags(fn):
     from converter.precision import REGISTRY
 
     for p in reversed(REGISTRY.values()):
-        fn = click.option(p.flag, f"precision_{p.name}", is_flag=True, help=p.help)(fn)
+        fn = click.option(p.flag, f"precision_{p.name.replace('-', '_')}", is_flag=True, help=p.help)(fn)
     return fn
 
 
@@ -207,7 +207,7 @@ def convert(run, track, **options):
     from converter.config import DEFAULT_PRECISIONS
     from converter.precision import PRECISIONS
 
-    chosen = [p for p in PRECISIONS if options.pop(f"precision_{p}")]
+    chosen = [p for p in PRECISIONS if options.pop(f"precision_{p.replace('-', '_')}")]
     from edge_runtime.quiet import show_all, verbose
 
     # one meaning of --verbose: `edgetl -v convert` and `edgetl convert --verbose` both show it all

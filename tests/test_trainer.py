@@ -60,6 +60,7 @@ def test_every_registered_backbone_builds_at_64px_and_converts(name, tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype(np.uint8)
     want = np.asarray(parts.model(x[None].astype(np.float32)))[0]
     assert np.allclose(clf.predict(x), want, atol=1e-4), (clf.predict(x), want)
+    _check_qat_network(parts.model, x, want)
     # and insight finds its last feature map from the graph (no per-backbone layer names)
     from trainer.insight.cam import grad_cam
     from trainer.insight.subject import _subject
@@ -68,6 +69,25 @@ def test_every_registered_backbone_builds_at_64px_and_converts(name, tmp_path):
     assert subject.stage_outputs()[-1] == subject.default_cam_layer() and len(subject.stage_outputs()) >= 4
     cam, _, probs = grad_cam(subject, x[None].astype(np.float32))
     assert cam.shape == (1, 2, 2) and np.isfinite(cam).all() and np.allclose(probs, want, atol=1e-5)
+
+
+def _check_qat_network(model, x, want):
+    """Quantization-aware training reaches every family: its network (batch norms folded) computes
+    the float model with the quantizers off, and a fake-quant sits on (or shares the grid of)
+    every tensor the converter's graph of it stores, the float probabilities aside."""
+    from converter.convert import tflite_bytes
+    from converter.qat import build_qat_model, place, tensor_layers
+
+    q = build_qat_model(model)
+    q.set_mode(quantize=False)
+    assert np.allclose(np.asarray(q.model(x[None].astype(np.float32)))[0], want, atol=1e-4)
+    blob = tflite_bytes(q.model, "fp32")
+    ties = place(q, blob)
+    stored = tensor_layers(blob, set(q.fake_quants))
+    from tensorflow.lite.tools import flatbuffer_utils as fbu
+    g = fbu.convert_bytearray_to_object(bytearray(blob)).subgraphs[0]
+    assert len(stored) == sum(len(op.outputs) for op in g.operators) - 1      # all but the SOFTMAX
+    assert all(q.fake_quants[k].active or k in ties for _, k in stored)
 
 
 def test_tapped_features_are_the_final_features_then_each_tap_averaged_over_space():
