@@ -33,9 +33,11 @@ import numpy as np
 @dataclass
 class QatSettings:
     """What the fine-tune did; recorded in the manifest."""
-    epochs: int = 3
+    epochs: int = 2
     learning_rate: float = 1e-5
     batch_size: int = 32
+    distill: str = "logits"      # or "probabilities" (see fine_tune)
+    mixup: float = 0.4           # Beta(a, a) blends of two photos (0: none; see fine_tune)
     train_images: int = 0
     val_images: int = 0
     calibration_batches: int = 0
@@ -298,11 +300,33 @@ def _predict(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
 
 
+def _logits(model, q: QatModel | None = None):
+    """The network up to its logits (the input of the final softmax)."""
+    import keras
+
+    if q is not None:
+        return keras.Model(model.inputs[0], q.fake_quants["logits"].output)
+    soft = next(layer for layer in reversed(model.layers) if isinstance(layer, keras.layers.Softmax))
+    return keras.Model(model.inputs[0], soft.input)
+
+
+def _centered_mse(y_true, y_pred):
+    """Squared error between logits up to a per-image constant (softmax ignores it)."""
+    from keras import ops
+
+    y_pred = y_pred - ops.mean(y_pred, axis=-1, keepdims=True)
+    y_true = y_true - ops.mean(y_true, axis=-1, keepdims=True)
+    return ops.mean(ops.square(y_pred - y_true), axis=-1)
+
+
 def fine_tune(q: QatModel, teacher, x_train: np.ndarray, x_val: np.ndarray, p_val: np.ndarray,
-              settings: QatSettings, *, log=lambda m: None, seed: int = 0) -> QatSettings:
+              settings: QatSettings, *, log=lambda m: None, seed: int = 0, on_epoch=None) -> QatSettings:
     """Distil ``teacher`` (the float model) into the fake-quant network on ``x_train`` (random
     horizontal flips), one pass per epoch; keep the epoch with the best validation agreement with
-    the teacher's top-1 (ties: lower KL). ``p_val``: the teacher's probabilities on ``x_val``."""
+    the teacher's top-1 (ties: lower KL). ``p_val``: the teacher's probabilities on ``x_val``.
+    ``settings.distill``: "logits" matches the teacher's logits (up to a constant), which keeps
+    every class's margin, also on training photos where the float head is so sure that the KL of
+    probabilities has nothing left to teach; "probabilities" is that KL."""
     import keras
 
     from edge_runtime.log import Progress
@@ -325,7 +349,12 @@ def fine_tune(q: QatModel, teacher, x_train: np.ndarray, x_val: np.ndarray, p_va
     q.set_mode(quantize=True, tracking=True)
     for w in q.model.layers:
         w.trainable = type(w).__name__ == "QuantizedWeights"
-    q.model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=keras.losses.KLDivergence())
+    if settings.distill == "logits":
+        student, teach = _logits(q.model, q), _logits(teacher)
+        loss = _centered_mse
+    else:
+        student, teach, loss = q.model, teacher, keras.losses.KLDivergence()
+    student.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss)
     bs = settings.batch_size
     for epoch in range(1, settings.epochs + 1):
         order = rng.permutation(len(x_train))
@@ -334,13 +363,18 @@ def fine_tune(q: QatModel, teacher, x_train: np.ndarray, x_val: np.ndarray, p_va
             xb = x_train[order[i:i + bs]].astype(np.float32)
             flip = rng.random(len(xb)) < 0.5
             xb[flip] = xb[flip, :, ::-1]
-            target = np.asarray(teacher(xb, training=False))
-            q.model.train_on_batch(xb, target)
+            if settings.mixup:
+                lam = rng.beta(settings.mixup, settings.mixup, (len(xb), 1, 1, 1)).astype(np.float32)
+                xb = lam * xb + (1 - lam) * xb[rng.permutation(len(xb))]
+            target = np.asarray(teach(xb, training=False))
+            student.train_on_batch(xb, target)
             bar.add(len(xb))
         bar.finish()
         row = score(epoch)
         log(f"qat epoch {epoch}/{settings.epochs}: validation agreement {row['val_agreement']:.4f}, "
             f"KL {row['val_kl']:.5f}")
+        if on_epoch is not None:
+            on_epoch(epoch, row)
         if (row["val_agreement"], -row["val_kl"]) > (best["val_agreement"], -best["val_kl"]):
             best, best_weights = row, q.model.get_weights()
     q.model.set_weights(best_weights)

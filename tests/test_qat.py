@@ -80,3 +80,27 @@ def test_fake_quant_network_and_its_file_score_alike(qat_deploy):
     a = next(a for a in m["artifacts"] if a["precision"] == "int8-qat")
     n = a["verification"]["n"]
     assert abs(a["quantization"]["keras_test_accuracy"] - a["verification"]["accuracy"]) <= 1 / n + 1e-9
+
+
+def test_ctrl_c_during_the_qat_fine_tune_leaves_the_deploy_folder_as_it_was(deployed, small_run, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "deploy"
+    shutil.copytree(deployed, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    p = subprocess.Popen([sys.executable, "-m", "edgetl.cli", "convert", str(small_run), "--out", str(out), "--qat",
+                          "--qat-epochs", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in p.stderr:            # the fine-tune has started when its first line is out
+        seen.append(line)
+        if line.startswith("qat: ") and "fine-tuning" in line:
+            break
+    assert p.poll() is None, "".join(seen[-20:])
+    p.send_signal(signal.SIGINT)
+    p.stderr.read()
+    assert p.wait(timeout=300) != 0
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert not list(tmp_path.glob(".deploy.staging-*"))
