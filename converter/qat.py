@@ -356,6 +356,7 @@ def fine_tune(q: QatModel, teacher, x_train: np.ndarray, x_val: np.ndarray, p_va
         student, teach, loss = q.model, teacher, keras.losses.KLDivergence()
     student.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=loss)
     bs = settings.batch_size
+    loss_value = 0.0
     for epoch in range(1, settings.epochs + 1):
         order = rng.permutation(len(x_train))
         bar = Progress(f"qat epoch {epoch}/{settings.epochs}", len(order), unit="img")
@@ -367,9 +368,16 @@ def fine_tune(q: QatModel, teacher, x_train: np.ndarray, x_val: np.ndarray, p_va
                 lam = rng.beta(settings.mixup, settings.mixup, (len(xb), 1, 1, 1)).astype(np.float32)
                 xb = lam * xb + (1 - lam) * xb[rng.permutation(len(xb))]
             target = np.asarray(teach(xb, training=False))
-            student.train_on_batch(xb, target)
+            loss_value = student.train_on_batch(xb, target)
             bar.add(len(xb))
+            if not np.all(np.isfinite(np.asarray(loss_value, np.float64))):
+                break
         bar.finish()
+        if not np.all(np.isfinite(np.asarray(loss_value, np.float64))):
+            log(f"qat epoch {epoch}/{settings.epochs}: the fine-tune diverged (loss not finite); keeping epoch "
+                f"{best['epoch']}")
+            settings.history.append({"epoch": epoch, "diverged": True})
+            break
         row = score(epoch)
         log(f"qat epoch {epoch}/{settings.epochs}: validation agreement {row['val_agreement']:.4f}, "
             f"KL {row['val_kl']:.5f}")
