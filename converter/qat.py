@@ -1,5 +1,5 @@
-"""Quantization-aware training (QAT) in Keras 3: int8 that loses nothing where post-training
-quantization (PTQ) cannot get there, with no tf-keras and no tensorflow-model-optimization.
+"""Quantization-aware training (QAT) in Keras 3: int8 closer to float where post-training
+quantization (PTQ) falls short, with no tf-keras and no tensorflow-model-optimization.
 
 The run's float model is rebuilt as one flat graph that computes what the int8 file will compute:
 - every convolution and dense layer followed by batch norm has the norm folded into its kernel
@@ -11,15 +11,15 @@ The run's float model is rebuilt as one flat graph that computes what the int8 f
   found as TFLite fuses them, for any backbone family) passes through a per-tensor int8
   fake-quant whose range is calibrated on training photos, then tracked (moving average) while
   the network fine-tunes; gradients pass straight through inside the range.
-The fine-tune distils the float model (its class probabilities on the train split are the
-targets, so it learns to agree with float, not to re-learn the labels), a few epochs at a small
-learning rate, keeping the epoch whose validation agreement with float is highest.
+The fine-tune distils the float model (its logits on training photos blended by mixup are the
+targets, so it learns to agree with float where flips happen, not to re-learn the labels), a few
+epochs at a small learning rate, keeping the epoch whose validation agreement with float is
+highest.
 
 The int8 file is then built from the same network with those ranges written into the
-converter's calibrated graph (a tensor the fake-quants do not reach, such as the multiply inside
-a rescaling layer, keeps its calibrated range) and quantized by the converter's own full-int8
-step, so it has the operators, delegation and latency of the post-training file, and the same
-metadata.
+converter's calibrated graph (a tensor the fake-quants do not reach keeps its calibrated range)
+and quantized by the converter's own full-int8 step, so it has the post-training file's
+operators, delegation and metadata.
 """
 from __future__ import annotations
 
