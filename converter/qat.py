@@ -243,27 +243,20 @@ def place(q: QatModel, float_blob: bytes) -> dict[str, str]:
 
 
 def calibrated_graph(model, x_calib: np.ndarray) -> bytes:
-    """The converter's float graph of ``model`` with calibrated ranges (not yet quantized)."""
+    """The converter's float graph of ``model`` with calibrated ranges (not yet quantized): the
+    same converter set-up and calibration step as post-training int8."""
     import tempfile
     from pathlib import Path
 
-    import tensorflow as tf
-
     from trainer.export import export_saved_model
 
+    from .calibration import representative_dataset
+    from .convert import _converter
     from .int8 import calibrate
 
     with tempfile.TemporaryDirectory() as tmp:
         export_saved_model(model, Path(tmp) / "sm")
-        c = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "sm"))
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-
-        def data():
-            for img in x_calib:
-                yield [img.astype(np.float32)[None]]
-        c.representative_dataset = data
-        return calibrate(c)
+        return calibrate(_converter(Path(tmp) / "sm", "int8", "uint8", representative_dataset(x_calib)))
 
 
 def write_ranges(calibrated: bytes, where: dict[str, int], ranges: dict[str, tuple[float, float]]) -> bytes:
