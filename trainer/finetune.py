@@ -40,6 +40,8 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
         "epoch": 0}
     start = fstate["epoch"]
     keras.utils.set_random_seed(cfg.seed + 1000 + start)
+    if cfg.weights == "none" and start == 0:
+        _restart_head(parts)
     if start < cfg.fine_tune_epochs and fstate["wait"] < cfg.fine_tune_patience:
         from .runs.tblog import keras_callback
         train_ds, val_ds = _fine_tune_data(run, cfg, split, strategy, hw, plan, start)
@@ -53,6 +55,19 @@ def fine_tune(run: Path, cfg: TrainConfig, parts, split: Split, strategy, hw, re
     hist["best_epoch"] = fstate["best_epoch"]
     _log(f"fine-tune: best epoch {fstate['best_epoch']} val accuracy {fstate['best_val_accuracy']:.4f}")
     return hist
+
+
+def _restart_head(parts) -> None:
+    """From random init the frozen-head phase saw features at the untrained statistics' scale
+    (MobileNetV3-Small: ~1e-10), so its weights are that scale's inverse (~1e8; their L2 term
+    alone made the fine-tune loss 1e16). Fine-tuning normalises those features, so the head
+    starts again from Keras' own initial values."""
+    from .model import logits_layer
+
+    dense = logits_layer(parts.model)
+    dense.kernel.assign(dense.kernel_initializer(tuple(dense.kernel.shape)))
+    dense.bias.assign(dense.bias_initializer(tuple(dense.bias.shape)))
+    _log("fine-tune: from random init the head starts afresh (the frozen-head phase saw unnormalised features)")
 
 
 class _FineTunePlan:

@@ -101,7 +101,7 @@ def block_ids(base) -> list[str | None]:
 def unfreeze_top(base, n_blocks: int, train_bn: bool = False) -> int:
     """Make the last ``n_blocks`` blocks and every layer after them trainable; returns the count
     of trainable layers. Pretrained BatchNorm layers stay frozen (their statistics belong to
-    ImageNet); from random init (``train_bn``) they must learn too."""
+    ImageNet); from random init (``train_bn``) all of them learn, in every block."""
     import keras
 
     ids = block_ids(base)
@@ -116,7 +116,11 @@ def unfreeze_top(base, n_blocks: int, train_bn: bool = False) -> int:
     base.trainable = True
     count = 0
     for i, layer in enumerate(base.layers):
-        train = i >= first and (train_bn or not isinstance(layer, keras.layers.BatchNormalization))
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        # From random init every BatchNorm learns, also below the trained blocks: its statistics
+        # start at mean 0 / variance 1, so frozen ones pass the random convolutions' scale on
+        # unnormalised (MobileNetV3-Small's hard-swish shrank its features to ~1e-10).
+        train = (is_bn and train_bn) or (i >= first and not is_bn)
         layer.trainable = train
         count += bool(train and layer.weights)
     return count
